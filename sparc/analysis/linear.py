@@ -1,0 +1,137 @@
+"""Linear layers of a graph: MatMul or Gemm nodes multiplying activations by a constant weight.
+
+Cases recognised (x is the activation, W a constant):
+1. ``MatMul(x, W)`` with W of shape [K, N] (the torch exporter's pre-transposed form).
+2. ``Gemm(x, W, b)`` with ``transB`` = 0 (W is [K, N]) or 1 (W is [N, K]); ``transA`` = 0,
+   ``alpha`` = ``beta`` = 1.
+3. A following ``Add(y, b)`` with a constant 1-D bias of length N (MatMul form).
+Every layer is described in "math" orientation: ``weight_kn()`` is always [K, N], so
+y = x · W + b.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+from sparc.ir_utils import constant_array
+
+NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+FOLDED_FROM_KEY = "pkg.onnxscript.optimizer.folded_from"
+
+
+@dataclasses.dataclass
+class LinearLayer:
+    """One linear layer: ``node`` computes x·W (+ b via ``bias_node`` or Gemm's C)."""
+
+    name: str
+    node: ir.Node
+    weight: ir.Value
+    transposed: bool
+    bias: ir.Value | None = None
+    bias_node: ir.Node | None = None
+
+    @property
+    def output(self) -> ir.Value:
+        """The value holding x·W + b."""
+        return (self.bias_node or self.node).outputs[0]
+
+    @property
+    def input(self) -> ir.Value:
+        return self.node.inputs[0]
+
+    def weight_kn(self) -> np.ndarray:
+        """The weight as a [K, N] array (input features by output features)."""
+        array = self.weight.const_value.numpy()
+        return array.T if self.transposed else array
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1 if self.transposed else 0]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0 if self.transposed else 1]
+
+
+def find_linear_layers(graph: ir.Graph) -> list[LinearLayer]:
+    """Every linear layer of ``graph`` in topological order (cases 1-3 of the module doc)."""
+    layers = []
+    for node in graph:
+        layer = _as_linear(node)
+        if layer is not None:
+            layers.append(layer)
+    return layers
+
+
+def _as_linear(node: ir.Node) -> LinearLayer | None:
+    if node.domain != "" or len(node.inputs) < 2:
+        return None
+    weight = node.inputs[1]
+    if weight is None or not weight.is_initializer() or weight.const_value is None:
+        return None
+    if len(weight.shape) != 2:
+        return None
+    if node.op_type == "MatMul":
+        bias, bias_node = _following_bias(node, weight.shape[1])
+        return LinearLayer(layer_name(node, weight), node, weight, False, bias, bias_node)
+    if node.op_type == "Gemm" and _plain_gemm(node):
+        transposed = node.attributes.get_int("transB", 0) == 1
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        return LinearLayer(layer_name(node, weight), node, weight, transposed, bias)
+    return None
+
+
+def _plain_gemm(node: ir.Node) -> bool:
+    attrs = node.attributes
+    return (
+        attrs.get_int("transA", 0) == 0
+        and attrs.get_float("alpha", 1.0) == 1.0
+        and attrs.get_float("beta", 1.0) == 1.0
+    )
+
+
+def _following_bias(node: ir.Node, out_features: int) -> tuple[ir.Value | None, ir.Node | None]:
+    """The Add that adds a constant vector of length N to the MatMul's only use, if any."""
+    uses = node.outputs[0].uses()
+    if len(uses) != 1 or node.outputs[0].is_graph_output():
+        return None, None
+    add = uses[0].node
+    if add.op_type != "Add" or add.domain != "":
+        return None, None
+    other = add.inputs[1 - uses[0].idx]
+    array = constant_array(other)
+    if array is None or array.shape != (out_features,):
+        return None, None
+    return other, add
+
+
+def layer_name(node: ir.Node, weight: ir.Value | None = None) -> str:
+    """A readable name for the layer ``node`` belongs to.
+
+    The torch exporter's innermost module scope (``encoder.layer.0.attention.self.query``)
+    when present, then the weight's original name (without ``.weight``), then the node name.
+    """
+    scopes = node.metadata_props.get(NAME_SCOPES_KEY)
+    if scopes:
+        try:
+            names = ast.literal_eval(scopes)
+        except (ValueError, SyntaxError):
+            names = []
+        if len(names) >= 2 and names[-2]:
+            return names[-2]
+    if weight is not None:
+        original = weight.metadata_props.get(FOLDED_FROM_KEY)
+        if original:
+            try:
+                names = ast.literal_eval(original)
+            except (ValueError, SyntaxError):
+                names = [original]
+            if names:
+                return str(names[0]).removesuffix(".weight")
+        if weight.name:
+            return weight.name.removesuffix(".weight")
+    return node.name or node.op_type

@@ -1,0 +1,40 @@
+"""Backends turn the final IR into something that runs. Each registers its targets here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from sparc.errors import BackendError
+
+BACKENDS: dict[str, tuple[str, ...]] = {"onnxruntime": ("cpu",)}
+
+
+def check_backend(backend: str, target: str) -> None:
+    """Raise :class:`BackendError` unless ``backend`` exists and supports ``target``."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; available: {sorted(BACKENDS)}")
+    if target not in BACKENDS[backend]:
+        raise BackendError(
+            f"backend {backend!r} has no target {target!r}; its targets: {list(BACKENDS[backend])}"
+        )
+
+
+class Executable:
+    """Something that runs feeds: ``run(feeds) -> {output name: array}``."""
+
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+def prepare(model: ir.Model, backend: str, target: str, *, threads: int | None = None) -> Executable:
+    """Build the runnable form of ``model`` for ``backend`` and ``target``."""
+    check_backend(backend, target)
+    from sparc.backends.onnxruntime import OrtRunner
+
+    return OrtRunner(model, threads=threads)

@@ -1,0 +1,105 @@
+"""Model specs ``sparc bench`` understands, and the inputs it times them on.
+
+A spec is an ONNX file path (run in ONNX Runtime), ``zoo:NAME`` (a zoo model exported to
+ONNX and run in ONNX Runtime) or ``torch:NAME`` (the same zoo model in torch eager).
+Inputs come from an ``.npz`` file, else from real text for zoo models, else are made up from
+the ONNX inputs: symbolic axis 0 is the batch, other symbolic axes the sequence; integer
+inputs are ones (valid token ids and masks), float inputs standard normal (seed 0).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from sparc.errors import SparcError
+
+
+@functools.lru_cache(maxsize=None)
+def _zoo_model(name: str):
+    from sparc import zoo
+
+    return zoo.get(name)
+
+
+def _split(spec: str) -> tuple[str, str]:
+    kind, sep, name = spec.partition(":")
+    if sep and kind in ("zoo", "torch"):
+        return kind, name
+    return "onnx", spec
+
+
+def runner_for(spec: str, *, threads: int | None) -> Callable[[dict], object]:
+    """A function feeds -> outputs for the model ``spec`` (see the module docstring)."""
+    from sparc.backends.onnxruntime import OrtRunner
+
+    kind, name = _split(spec)
+    if kind == "onnx":
+        return OrtRunner(_onnx_model(name), threads=threads).run
+    model = _zoo_model(name)
+    if kind == "zoo":
+        from sparc.capture import capture_torch
+
+        ir_model = capture_torch(model.module, _zoo_example(model), model.dynamic_axes)
+        return OrtRunner(ir_model, threads=threads).run
+    return _torch_runner(model.module, threads)
+
+
+def _onnx_model(path: str):
+    from sparc.capture import load_onnx
+
+    return load_onnx(path)
+
+
+def _zoo_example(model):
+    from sparc import zoo
+
+    return zoo.torch_inputs(model.make_inputs(["an example sentence"] * 2, seq=16))
+
+
+def _torch_runner(module, threads: int | None):
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    def run(feeds):
+        with torch.inference_mode():
+            return module(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+
+    return run
+
+
+def bench_inputs(specs: Sequence[str], npz: str | None, *, batch: int, seq: int) -> dict:
+    """The feeds every spec is timed on."""
+    if npz:
+        with np.load(npz, allow_pickle=False) as archive:
+            return {name: archive[name][:batch] for name in archive.files}
+    zoo_names = [name for kind, name in map(_split, specs) if kind != "onnx"]
+    if zoo_names:
+        from sparc import datasets
+
+        texts = datasets.lee_background()[:batch]
+        return _zoo_model(zoo_names[0]).make_inputs(texts, seq=seq)
+    return made_up_inputs(_onnx_model(specs[0]), batch=batch, seq=seq)
+
+
+def made_up_inputs(model, *, batch: int, seq: int) -> dict[str, np.ndarray]:
+    """Inputs shaped by the model's input types (see the module docstring)."""
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for value in model.graph.inputs:
+        if value.shape is None or value.dtype is None:
+            raise SparcError(f"input {value.name!r} has no static type; give --inputs DATA.npz")
+        shape = [
+            d if isinstance(d, int) else (batch if axis == 0 else seq)
+            for axis, d in enumerate(value.shape)
+        ]
+        dtype = value.dtype.numpy()
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[value.name] = np.ones(shape, dtype=dtype)
+    return feeds

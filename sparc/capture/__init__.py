@@ -1,0 +1,21 @@
+"""Frontends: every model sparc accepts becomes one ``onnx_ir.Model``."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from sparc.capture.onnx import load_onnx
+from sparc.capture.torch import capture_torch, is_torch_module
+
+
+def capture(model, *, example_inputs=None, dynamic_axes=None) -> ir.Model:
+    """Capture an ``nn.Module``, an ONNX path, a ``ModelProto`` or an ``onnx_ir.Model``.
+
+    The result is always a fresh IR the caller owns; the source is never modified.
+    """
+    if is_torch_module(model):
+        return capture_torch(model, example_inputs, dynamic_axes)
+    return load_onnx(model)
+
+
+__all__ = ["capture", "capture_torch", "load_onnx"]

@@ -1,0 +1,197 @@
+"""The ``sparc`` command: compile, inspect, bench, demo.
+
+Errors print one line (``error: ...``) and exit with status 1; ``--verbose`` shows the
+traceback and the library's log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from sparc.errors import SparcError
+
+EXIT_ERROR = 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except SparcError as exc:
+        return _fail(args, str(exc))
+    except KeyboardInterrupt:
+        return _fail(args, "interrupted")
+    except Exception as exc:  # a bug in sparc or a dependency: still one line by default
+        return _fail(args, f"internal error ({type(exc).__name__}: {exc}); rerun with --verbose")
+
+
+def _fail(args, message: str) -> int:
+    if args.verbose:
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparc", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", "-v", action="store_true", help="show tracebacks and logs")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    compile_ = commands.add_parser("compile", help="run a recipe over a model and export it")
+    compile_.add_argument("model", help="ONNX file")
+    compile_.add_argument("-o", "--output", required=True, help="output ONNX file")
+    compile_.add_argument("--recipe", help="recipe YAML/JSON (default: the default recipe)")
+    compile_.add_argument("--calib", help=".npz calibration data (arrays named after inputs)")
+    compile_.add_argument("--batch-size", type=int, default=8, help="calibration batch size")
+    compile_.add_argument("--backend", help="backend (default: the recipe's, else onnxruntime)")
+    compile_.add_argument("--target", help="target (default: the recipe's, else cpu)")
+    compile_.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    compile_.add_argument("--report", help="write the markdown report here")
+    compile_.add_argument("--json", help="write the JSON report here")
+    compile_.add_argument("--no-validate", action="store_true", help="skip numerical checks")
+    compile_.set_defaults(handler=_compile)
+
+    inspect_ = commands.add_parser("inspect", help="op histogram, size, MACs, layer sparsity")
+    inspect_.add_argument("model", help="ONNX file")
+    inspect_.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                          help="size of a symbolic input dim for MACs (default 1)")
+    inspect_.add_argument("--json", action="store_true", help="print JSON")
+    inspect_.set_defaults(handler=_inspect)
+
+    bench = commands.add_parser("bench", help="time models side by side")
+    bench.add_argument("model", help="ONNX file, zoo:NAME (exported) or torch:NAME (eager)")
+    bench.add_argument("--vs", help="baseline to compare against (same forms as MODEL)")
+    bench.add_argument("--inputs", help=".npz inputs (first batch is timed)")
+    bench.add_argument("--batch", type=int, default=1, help="batch size of made-up inputs")
+    bench.add_argument("--seq", type=int, default=128, help="sequence length of made-up inputs")
+    bench.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    bench.add_argument("--rounds", type=int, default=20, help="interleaved rounds")
+    bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.set_defaults(handler=_bench)
+
+    demo = commands.add_parser("demo", help="compile the real MiniLM sentence encoder")
+    demo.add_argument("--out", default="sparc-demo", help="output folder (default sparc-demo)")
+    demo.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _compile(args) -> int:
+    from sparc.calibrate import as_calibration
+    from sparc.capture import load_onnx
+    from sparc.compiler import compile
+
+    output = Path(args.output)
+    _check_writable(output, args.report, args.json)
+    calibration = None
+    if args.calib:
+        calibration = as_calibration(args.calib, load_onnx(args.model), batch_size=args.batch_size)
+    compiled = compile(
+        args.model,
+        calibration=calibration,
+        recipe=args.recipe,
+        backend=args.backend,
+        target=args.target,
+        validate=not args.no_validate,
+        threads=args.threads,
+    )
+    compiled.export(output)
+    _write_reports(compiled.report, args.report, args.json)
+    print(compiled.report.to_markdown())
+    print(f"wrote {output}")
+    return 0
+
+
+def _check_writable(*paths) -> None:
+    for path in paths:
+        if path is None:
+            continue
+        folder = Path(path).parent
+        if not folder.is_dir():
+            raise SparcError(f"{path}: the folder {folder} does not exist")
+
+
+def _write_reports(report, markdown_path, json_path) -> None:
+    from sparc.files import write_atomic
+
+    if markdown_path:
+        write_atomic(markdown_path, report.to_markdown())
+    if json_path:
+        write_atomic(json_path, report.to_json())
+
+
+def _inspect(args) -> int:
+    from sparc.analysis.summary import summarize
+    from sparc.capture import load_onnx
+
+    summary = summarize(load_onnx(args.model), _dims(args.dim))
+    if args.json:
+        print(json.dumps(dataclasses.asdict(summary), indent=2))
+        return 0
+    stats = summary.stats
+    print(f"# {args.model}\n")
+    print(f"parameters: {stats.params:,} ({stats.nonzero_params:,} non-zero)")
+    print(f"bytes: {stats.bytes:,}")
+    shapes = ", ".join(f"{k}{v}" for k, v in summary.input_shapes.items())
+    unknown = f" ({len(stats.unknown_mac_nodes)} nodes unknown)" if stats.unknown_mac_nodes else ""
+    print(f"MACs at {shapes}: {stats.macs:,}{unknown}\n" if stats.macs is not None else "")
+    print("| op | count |\n|---|---:|")
+    for op, count in summary.ops.items():
+        print(f"| {op} | {count} |")
+    print("\n| layer | op | weight shape | density |\n|---|---|---|---:|")
+    for layer in summary.layers:
+        print(f"| {layer.name} | {layer.op} | {layer.shape} | {layer.density:.3f} |")
+    return 0
+
+
+def _dims(entries: list[str]) -> dict[str, int]:
+    dims = {}
+    for entry in entries:
+        name, _, size = entry.partition("=")
+        if not name or not size.isdigit():
+            raise SparcError(f"--dim expects NAME=SIZE, got {entry!r}")
+        dims[name] = int(size)
+    return dims
+
+
+def _bench(args) -> int:
+    from sparc.bench_models import bench_inputs, runner_for
+    from sparc.benchmark import compare
+
+    specs = [args.vs, args.model] if args.vs else [args.model]
+    feeds = bench_inputs(specs, args.inputs, batch=args.batch, seq=args.seq)
+    contestants = {}
+    for spec in specs:
+        label = spec if spec not in contestants else f"{spec} (2)"
+        run = runner_for(spec, threads=args.threads)
+        contestants[label] = lambda run=run: run(feeds)
+    shapes = ", ".join(f"{k}{list(np.shape(v))}" for k, v in feeds.items())
+    result = compare(contestants, rounds=args.rounds, threads=args.threads, label=f"inputs: {shapes}")
+    print(result.to_json() if args.json else result.to_markdown())
+    return 0
+
+
+def _demo(args) -> int:
+    from sparc.demo import run_demo
+
+    compiled = run_demo(args.out, threads=args.threads)
+    print(compiled.report.to_markdown())
+    print(f"wrote {Path(args.out) / 'model.onnx'}, report.md and report.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""``sparc.compile``: capture, run a recipe's passes with verification, prepare a backend, report."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from sparc import backends
+from sparc.analysis.cost import model_stats
+from sparc.backends.onnxruntime import export_onnx
+from sparc.benchmark import compare
+from sparc.calibrate import CalibrationData, as_calibration, check_feeds, holdout_size
+from sparc.capture import capture, load_onnx
+from sparc.capture.torch import is_torch_module
+from sparc.errors import BackendError, CalibrationError
+from sparc.ir_utils import copy_model
+from sparc.passes.pipeline import Pipeline
+from sparc.recipe import load_recipe
+from sparc.report import Latency, Report
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("standard",)
+
+
+class CompiledModel:
+    """A compiled model: run it, export it, read its report, or inspect its IR (``.model``).
+
+    ``original`` is the captured model before any pass (None for a model from :func:`load`).
+    """
+
+    def __init__(
+        self, model: ir.Model, runner, *, backend: str, target: str, report=None, original=None
+    ):
+        self.model = model
+        self.original: ir.Model | None = original
+        self.backend = backend
+        self.target = target
+        self.report: Report | None = report
+        self._runner = runner
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._runner.input_names)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._runner.output_names)
+
+    def run(self, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
+        """Run one batch given as {input name: array or tensor}; returns {output name: array}."""
+        checked = check_feeds(feeds, self.model, "inputs")
+        return self._runner.run(checked)
+
+    def __call__(self, *args, **kwargs):
+        """Run with positional inputs (in input order), keyword inputs, or one dict.
+
+        Returns one numpy array for a single-output model, else a tuple in output order.
+        """
+        if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
+            feeds = dict(args[0])
+        else:
+            if len(args) > len(self.input_names):
+                raise CalibrationError(
+                    f"the model takes {len(self.input_names)} inputs {self.input_names}, "
+                    f"got {len(args)} positional arguments"
+                )
+            feeds = dict(zip(self.input_names, args)) | kwargs
+        outputs = self.run(feeds)
+        values = tuple(outputs[name] for name in self.output_names)
+        return values[0] if len(values) == 1 else values
+
+    def export(self, path: str | os.PathLike, format: str = "standard") -> Path:
+        """Write the model as ONNX that stock ONNX Runtime loads (atomically)."""
+        if format not in EXPORT_FORMATS:
+            raise BackendError(f"unknown export format {format!r}; choose from {list(EXPORT_FORMATS)}")
+        return export_onnx(self.model, path)
+
+
+def compile(
+    model,
+    *,
+    example_inputs=None,
+    dynamic_axes=None,
+    calibration=None,
+    recipe=None,
+    backend: str | None = None,
+    target: str | None = None,
+    validate: bool = True,
+    threads: int | None = None,
+    latency_rounds: int = 10,
+) -> CompiledModel:
+    """Capture ``model``, run ``recipe`` over it with verification, and prepare ``backend``.
+
+    ``model`` is an ``nn.Module`` (with ``example_inputs``, optionally ``dynamic_axes``), an
+    ONNX path, a ``ModelProto`` or an ``onnx_ir.Model``. ``recipe`` is a list of passes, a
+    dict or a YAML/JSON path (None: the default recipe). ``backend`` and ``target`` default to
+    the recipe's, else ``onnxruntime`` / ``cpu``. With ``validate``, every pass is checked
+    numerically against the original on held-out calibration batches (or the example inputs),
+    and the report times the original and compiled models side by side
+    (``latency_rounds`` = 0 skips timing).
+    """
+    parsed = load_recipe(recipe)
+    backend = backend or parsed.backend or "onnxruntime"
+    target = target or parsed.target or "cpu"
+    backends.check_backend(backend, target)
+    ir_model = capture(model, example_inputs=example_inputs, dynamic_axes=dynamic_axes)
+    calib, valid, how = _split_data(ir_model, calibration, example_inputs, model)
+    original = copy_model(ir_model)
+    pipeline = Pipeline(
+        parsed.passes, calibration=calib, validation=valid, validate=validate, threads=threads
+    )
+    result = pipeline.run(ir_model)
+    runner = backends.prepare(result.model, backend, target, threads=threads)
+    shapes = _shapes(valid or calib)
+    report = Report(
+        model=_label(model),
+        backend=backend,
+        target=target,
+        original=model_stats(original, shapes),
+        passes=result.entries,
+        validation=how if validate else "disabled",
+    )
+    if validate and valid is not None and latency_rounds > 0:
+        report.latency = _latency(original, runner, valid.batches[0], threads, latency_rounds)
+    return CompiledModel(
+        result.model, runner, backend=backend, target=target, report=report, original=original
+    )
+
+
+def load(path: str | os.PathLike, *, threads: int | None = None) -> CompiledModel:
+    """Reopen an exported ONNX model for running and benchmarking in ONNX Runtime."""
+    model = load_onnx(path)
+    runner = backends.prepare(model, "onnxruntime", "cpu", threads=threads)
+    return CompiledModel(model, runner, backend="onnxruntime", target="cpu")
+
+
+def _split_data(ir_model, calibration, example_inputs, source):
+    """(calibration, validation, description): hold out the last batches for validation."""
+    calib = as_calibration(calibration, ir_model) if calibration is not None else None
+    if calib is not None and len(calib) >= 2:
+        held = holdout_size(len(calib))
+        calib, valid = calib.split(held)
+        return calib, valid, f"{held} held-out calibration batch(es)"
+    if example_inputs is not None:
+        feeds = _example_feeds(ir_model, example_inputs, source)
+        return calib, CalibrationData([feeds]), "the example inputs"
+    if calib is not None:
+        return calib, calib, "the single calibration batch (also used to calibrate)"
+    logger.warning("no calibration data or example inputs: passes are not checked numerically")
+    return None, None, "none (no data given)"
+
+
+def _example_feeds(ir_model, example_inputs, source):
+    names = [v.name for v in ir_model.graph.inputs]
+    if isinstance(example_inputs, Mapping):
+        feeds = dict(example_inputs)
+    elif isinstance(example_inputs, (tuple, list)):
+        feeds = dict(zip(names, example_inputs))
+    else:
+        feeds = {names[0]: example_inputs}
+    if is_torch_module(source):
+        feeds = {k: v for k, v in feeds.items() if k in names}
+    return check_feeds(feeds, ir_model, "example inputs")
+
+
+def _shapes(data: CalibrationData | None):
+    if not data:
+        return None
+    return {name: array.shape for name, array in data.batches[0].items()}
+
+
+def _latency(original: ir.Model, runner, feeds, threads, rounds) -> Latency:
+    from sparc.backends.onnxruntime import OrtRunner
+
+    baseline = OrtRunner(original, threads=threads)
+    result = compare(
+        {"original": lambda: baseline.run(feeds), "compiled": lambda: runner.run(feeds)},
+        rounds=rounds,
+        warmup=2,
+        threads=threads,
+    )
+    shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
+    return Latency(
+        original_ms=result.timings["original"].median_ms,
+        compiled_ms=result.timings["compiled"].median_ms,
+        ratio=result.ratios["compiled"],
+        threads=threads,
+        rounds=rounds,
+        inputs=shapes,
+    )
+
+
+def _label(model) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    return type(model).__name__

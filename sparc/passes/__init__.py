@@ -1,0 +1,17 @@
+"""Passes over the IR. Each pass lives in its own module and registers under its class name."""
+
+from sparc.passes.base import PASSES, SparcPass, build_pass
+from sparc.passes.fold_constants import FoldConstants
+from sparc.passes.infer_shapes import InferShapes
+from sparc.passes.pipeline import Pipeline
+from sparc.passes.remove_unused import RemoveUnused
+
+__all__ = [
+    "PASSES",
+    "FoldConstants",
+    "InferShapes",
+    "Pipeline",
+    "RemoveUnused",
+    "SparcPass",
+    "build_pass",
+]

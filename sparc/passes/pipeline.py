@@ -1,0 +1,147 @@
+"""Pipeline: run passes in order, verifying the IR after each one.
+
+After every pass:
+1. the ONNX checker must accept the model;
+2. on the validation batches, the outputs must be finite and keep their shapes; a
+   ``lossless`` pass must match the original outputs within ``LOSSLESS_TOLERANCE`` (relative
+   to the output scale); a pass given ``max_error`` must stay within it;
+3. size and compute statistics are recorded for the report.
+Any failure, inside a pass or in its verification, becomes a :class:`PassError` naming the
+pass and the passes that ran before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from sparc.analysis.cost import model_stats
+from sparc.calibrate import CalibrationData, run_batches
+from sparc.errors import PassError, SparcError
+from sparc.ir_utils import check_model
+from sparc.passes.base import SparcPass
+from sparc.report import OutputError, PassEntry
+
+logger = logging.getLogger(__name__)
+
+LOSSLESS_TOLERANCE = 1e-3
+
+
+@dataclasses.dataclass
+class PipelineResult:
+    model: ir.Model
+    entries: list[PassEntry]
+
+
+class Pipeline:
+    """Runs ``passes`` over a model and verifies each result (see the module docstring)."""
+
+    def __init__(
+        self,
+        passes: Sequence[SparcPass],
+        *,
+        calibration: CalibrationData | None = None,
+        validation: CalibrationData | None = None,
+        validate: bool = True,
+        threads: int | None = None,
+    ):
+        self.passes = list(passes)
+        self.calibration = calibration
+        self.validation = validation if validate else None
+        self.threads = threads
+
+    def run(self, model: ir.Model) -> PipelineResult:
+        """Run every pass in place on ``model``; return it with one report entry per pass."""
+        reference = self._outputs(model) if self.validation else None
+        shapes = self._input_shapes()
+        entries: list[PassEntry] = []
+        for index, pass_ in enumerate(self.passes):
+            previous = [p.name for p in self.passes[:index]]
+            start = time.perf_counter()
+            modified = self._apply(pass_, model, previous)
+            seconds = time.perf_counter() - start
+            problem = check_model(model)
+            if problem:
+                raise PassError(pass_.name, previous, f"the ONNX checker rejects its output: {problem}")
+            error = self._verify(pass_, model, reference, previous)
+            stats = model_stats(model, shapes)
+            entries.append(
+                PassEntry(pass_.name, pass_.options(), modified, seconds, stats, error, pass_.details)
+            )
+            logger.info("%s: modified=%s in %.2fs", pass_.name, modified, seconds)
+        return PipelineResult(model, entries)
+
+    def _apply(self, pass_: SparcPass, model: ir.Model, previous: list[str]) -> bool:
+        pass_.bind(self.calibration, self.threads)
+        try:
+            return pass_(model).modified
+        except PassError:
+            raise
+        except ir.passes.PreconditionError as exc:
+            reason = exc.__cause__ or exc
+            raise PassError(pass_.name, previous, _describe(reason)) from exc
+        except SparcError as exc:
+            raise PassError(pass_.name, previous, str(exc)) from exc
+        except Exception as exc:
+            raise PassError(pass_.name, previous, _describe(exc)) from exc
+
+    def _outputs(self, model: ir.Model) -> list:
+        return run_batches(model, self.validation, threads=self.threads)
+
+    def _input_shapes(self) -> Mapping[str, tuple[int, ...]] | None:
+        data = self.validation or self.calibration
+        if not data:
+            return None
+        return {name: array.shape for name, array in data.batches[0].items()}
+
+    def _verify(self, pass_, model, reference, previous) -> OutputError | None:
+        if reference is None:
+            return None
+        try:
+            outputs = self._outputs(model)
+        except SparcError as exc:
+            raise PassError(pass_.name, previous, f"its output model does not run: {exc}") from exc
+        _check_shapes(pass_, outputs, reference, previous)
+        error = OutputError.between(outputs, reference)
+        if not error.finite:
+            raise PassError(pass_.name, previous, "its output model produces NaN or Inf")
+        if pass_.lossless and error.max_rel > LOSSLESS_TOLERANCE:
+            raise PassError(
+                pass_.name,
+                previous,
+                f"a lossless pass changed the outputs: max relative error {error.max_rel:.3g} "
+                f"> {LOSSLESS_TOLERANCE}",
+            )
+        if pass_.max_error is not None and error.max_rel > pass_.max_error:
+            raise PassError(
+                pass_.name,
+                previous,
+                f"max relative output error {error.max_rel:.3g} exceeds max_error={pass_.max_error}",
+            )
+        return error
+
+
+def _check_shapes(pass_, outputs, reference, previous) -> None:
+    if len(outputs[0]) != len(reference[0]):
+        raise PassError(
+            pass_.name,
+            previous,
+            f"the number of outputs changed from {len(reference[0])} to {len(outputs[0])}",
+        )
+    for got, want in zip(outputs[0], reference[0]):
+        if np.shape(got) != np.shape(want):
+            raise PassError(
+                pass_.name,
+                previous,
+                f"output shape changed from {list(np.shape(want))} to {list(np.shape(got))}",
+            )
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:500]}"
