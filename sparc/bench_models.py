@@ -2,9 +2,8 @@
 
 A spec is an ONNX file path (run in ONNX Runtime), ``zoo:NAME`` (a zoo model exported to
 ONNX and run in ONNX Runtime) or ``torch:NAME`` (the same zoo model in torch eager).
-Inputs come from an ``.npz`` file, else from real text for zoo models, else are made up from
-the ONNX inputs: symbolic axis 0 is the batch, other symbolic axes the sequence; integer
-inputs are ones (valid token ids and masks), float inputs standard normal (seed 0).
+Inputs come from an ``.npz`` file, else from real text for zoo models, else are made up
+from the ONNX inputs (:func:`sparc.calibrate.synthetic_feeds`).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from sparc.errors import SparcError
+from sparc.calibrate import synthetic_feeds
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,23 +82,4 @@ def bench_inputs(specs: Sequence[str], npz: str | None, *, batch: int, seq: int)
 
         texts = datasets.lee_background()[:batch]
         return _zoo_model(zoo_names[0]).make_inputs(texts, seq=seq)
-    return made_up_inputs(_onnx_model(specs[0]), batch=batch, seq=seq)
-
-
-def made_up_inputs(model, *, batch: int, seq: int) -> dict[str, np.ndarray]:
-    """Inputs shaped by the model's input types (see the module docstring)."""
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for value in model.graph.inputs:
-        if value.shape is None or value.dtype is None:
-            raise SparcError(f"input {value.name!r} has no static type; give --inputs DATA.npz")
-        shape = [
-            d if isinstance(d, int) else (batch if axis == 0 else seq)
-            for axis, d in enumerate(value.shape)
-        ]
-        dtype = value.dtype.numpy()
-        if np.issubdtype(dtype, np.floating):
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[value.name] = np.ones(shape, dtype=dtype)
-    return feeds
+    return synthetic_feeds(_onnx_model(specs[0]), batch=batch, seq=seq)

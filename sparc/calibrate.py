@@ -42,10 +42,6 @@ class CalibrationData:
         cut = len(self.batches) - holdout
         return CalibrationData(self.batches[:cut]), CalibrationData(self.batches[cut:])
 
-    def samples(self) -> int:
-        """Number of samples (rows on axis 0) over all batches."""
-        return sum(next(iter(b.values())).shape[0] for b in self.batches if b)
-
 
 def as_calibration(source, model: ir.Model, *, batch_size: int = 8) -> CalibrationData:
     """Turn ``source`` into checked :class:`CalibrationData` for ``model``.
@@ -181,6 +177,33 @@ def _fit_input(name: str, value: ir.Value, array: np.ndarray) -> tuple[str | Non
 
 def _shape_text(shape: ir.Shape) -> str:
     return "[" + ", ".join(str(d) if isinstance(d, int) else str(d.value) for d in shape) + "]"
+
+
+def synthetic_feeds(
+    model: ir.Model, dims: Mapping[str, int] | None = None, *, batch: int = 1, seq: int = 1
+) -> Feeds:
+    """Made-up inputs shaped by the model's input types.
+
+    A symbolic dim takes its size from ``dims`` by name, else ``batch`` on axis 0 and ``seq``
+    elsewhere. Integer inputs are ones (valid token ids and masks); float inputs are standard
+    normal (seed 0). For shapes and timing only, never for calibration.
+    """
+    dims = dims or {}
+    rng = np.random.default_rng(0)
+    feeds: Feeds = {}
+    for value in model.graph.inputs:
+        if value.shape is None or value.dtype is None:
+            raise CalibrationError(f"input {value.name!r} has no static type; give input data")
+        shape = [
+            d if isinstance(d, int) else dims.get(str(d.value), batch if axis == 0 else seq)
+            for axis, d in enumerate(value.shape)
+        ]
+        dtype = value.dtype.numpy()
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[value.name] = np.ones(shape, dtype=dtype)
+    return feeds
 
 
 def holdout_size(batches: int) -> int:

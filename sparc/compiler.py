@@ -117,12 +117,12 @@ def compile(
     )
     result = pipeline.run(ir_model)
     runner = backends.prepare(result.model, backend, target, threads=threads)
-    shapes = _shapes(valid or calib)
+    data = valid or calib
     report = Report(
         model=_label(model),
         backend=backend,
         target=target,
-        original=model_stats(original, shapes),
+        original=model_stats(original, data.batches[0] if data else None),
         passes=result.entries,
         validation=how if validate else "disabled",
     )
@@ -167,12 +167,6 @@ def _example_feeds(ir_model, example_inputs, source):
     if is_torch_module(source):
         feeds = {k: v for k, v in feeds.items() if k in names}
     return check_feeds(feeds, ir_model, "example inputs")
-
-
-def _shapes(data: CalibrationData | None):
-    if not data:
-        return None
-    return {name: array.shape for name, array in data.batches[0].items()}
 
 
 def _latency(original: ir.Model, runner, feeds, threads, rounds) -> Latency:

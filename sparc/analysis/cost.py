@@ -1,8 +1,8 @@
 """Model size and compute: parameters, non-zero parameters, bytes and MACs from shapes.
 
 Parameters are the elements of floating-point initializers. MACs (multiply-accumulates)
-are counted for the ops that dominate compute, from shapes that ONNX shape inference derives
-for concrete input shapes:
+are counted for the ops that dominate compute, from the shapes their operands take when the
+model runs on one batch:
 - MatMul  A[..., M, K] · B[..., K, N]: |out| · K
 - Gemm    [M, K] · [K, N]: M · N · K
 - Conv    W[C_out, C_in/g, k...]: |out| · |W[1:]|
@@ -18,11 +18,10 @@ import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
-import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import _c_api_utils
 
 Shapes = Mapping[str, tuple[int, ...]]
+Feeds = Mapping[str, np.ndarray]
 MacRule = Callable[[ir.Node, Shapes], "int | None"]
 
 
@@ -58,25 +57,27 @@ def model_bytes(model: ir.Model) -> int:
     return ir.serde.serialize_model(model).ByteSize()
 
 
-def model_stats(model: ir.Model, input_shapes: Shapes | None) -> ModelStats:
-    """Parameters, bytes and MACs of ``model``; MACs need concrete ``input_shapes``."""
+def model_stats(model: ir.Model, feeds: Feeds | None) -> ModelStats:
+    """Parameters, bytes and MACs of ``model``; MACs need one batch of ``feeds``."""
     params, nonzero = count_params(model.graph)
     macs, unknown = (None, [])
-    if input_shapes is not None:
-        macs, unknown = count_macs(model, input_shapes)
+    if feeds is not None:
+        macs, unknown = count_macs(model, feeds)
     return ModelStats(params, nonzero, model_bytes(model), macs, unknown)
 
 
-def count_macs(model: ir.Model, input_shapes: Shapes) -> tuple[int, list[str]]:
-    """Total MACs for inputs of ``input_shapes``, and the nodes whose MACs are unknown."""
-    shapes = infer_concrete_shapes(model, input_shapes)
+def count_macs(model: ir.Model, feeds: Feeds) -> tuple[int, list[str]]:
+    """Total MACs of one run on ``feeds``, and the nodes whose MACs are unknown."""
+    nodes = [
+        node
+        for node in ir.traversal.RecursiveGraphIterator(model.graph)
+        if (node.domain, node.op_type) in MAC_RULES
+    ]
+    shapes = observed_shapes(model, nodes, feeds)
     total = 0
     unknown = []
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        rule = MAC_RULES.get((node.domain, node.op_type))
-        if rule is None:
-            continue
-        macs = rule(node, shapes)
+    for node in nodes:
+        macs = MAC_RULES[(node.domain, node.op_type)](node, shapes)
         if macs is None:
             unknown.append(node.name or node.op_type)
         else:
@@ -84,36 +85,39 @@ def count_macs(model: ir.Model, input_shapes: Shapes) -> tuple[int, list[str]]:
     return total, unknown
 
 
-def infer_concrete_shapes(model: ir.Model, input_shapes: Shapes) -> dict[str, tuple[int, ...]]:
-    """Static shapes of every value ONNX shape inference can resolve for these input shapes."""
+def observed_shapes(model: ir.Model, nodes, feeds: Feeds) -> dict[str, tuple[int, ...]]:
+    """Shapes of the inputs and outputs of ``nodes`` when the model runs on ``feeds``.
 
-    def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
-        del proto.graph.value_info[:]
-        for inp in proto.graph.input:
-            if inp.name in input_shapes:
-                dims = inp.type.tensor_type.shape.dim
-                del dims[:]
-                for size in input_shapes[inp.name]:
-                    dims.add().dim_value = int(size)
-        return onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    Values whose IR shape is fully static are read from the IR; the others are exposed as
+    outputs of one ONNX Runtime run (ONNX shape inference loses dynamic dims through the
+    Expand/Reshape chains exporters emit, so it is not relied on).
+    """
+    from sparc.calibrate import CalibrationData, collect
 
-    try:
-        inferred = _c_api_utils.call_onnx_api(infer, model)
-    except Exception:  # shape inference can fail on exotic graphs: MACs become unknown
-        return {}
     shapes: dict[str, tuple[int, ...]] = {}
-    graph = inferred.graph
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        tensor_type = info.type.tensor_type
-        if not tensor_type.HasField("shape"):
-            continue
-        dims = tensor_type.shape.dim
-        if all(d.HasField("dim_value") for d in dims):
-            shapes[info.name] = tuple(d.dim_value for d in dims)
-    for value in model.graph.initializers.values():
-        if value.shape is not None and value.shape.is_static():
-            shapes[value.name] = tuple(value.shape.numpy())
+    wanted: list[str] = []
+    for node in nodes:
+        for value in (*node.inputs, *node.outputs):
+            if value is None or value.name in shapes or value.name in wanted:
+                continue
+            if value.is_graph_input() and value.name in feeds:
+                shapes[value.name] = tuple(np.shape(feeds[value.name]))
+            elif value.shape is not None and value.shape.is_static():
+                shapes[value.name] = tuple(value.shape.numpy())
+            elif node.graph is model.graph:
+                wanted.append(value.name)
+    if wanted:
+        recorders = {name: _ShapeRecorder() for name in wanted}
+        collect(model, recorders, CalibrationData([dict(feeds)]), description="measuring shapes")
+        shapes.update({name: r.shape for name, r in recorders.items()})
     return shapes
+
+
+class _ShapeRecorder:
+    shape: tuple[int, ...] = ()
+
+    def update(self, array: np.ndarray, feeds) -> None:
+        self.shape = tuple(array.shape)
 
 
 def _shape(value: ir.Value | None, shapes: Shapes) -> tuple[int, ...] | None:

@@ -10,6 +10,7 @@ import onnx_ir as ir
 
 from sparc.analysis.cost import ModelStats, model_stats
 from sparc.analysis.linear import layer_name
+from sparc.calibrate import synthetic_feeds
 
 
 @dataclasses.dataclass
@@ -33,18 +34,6 @@ class Summary:
 WEIGHTED_OPS = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1}
 
 
-def concrete_input_shapes(model: ir.Model, dims: dict[str, int], default: int = 1):
-    """Input shapes with symbolic dims replaced by ``dims[name]`` (else ``default``)."""
-    shapes = {}
-    for value in model.graph.inputs:
-        if value.shape is None:
-            continue
-        shapes[value.name] = tuple(
-            d if isinstance(d, int) else dims.get(str(d.value), default) for d in value.shape
-        )
-    return shapes
-
-
 def weighted_layers(graph: ir.Graph) -> list[LayerWeights]:
     """Every node of a weighted op whose weight input is an initializer, with its density."""
     layers = []
@@ -62,14 +51,14 @@ def weighted_layers(graph: ir.Graph) -> list[LayerWeights]:
 
 
 def summarize(model: ir.Model, dims: dict[str, int] | None = None) -> Summary:
-    """Op histogram, statistics (MACs at the given symbolic dims) and per-layer density."""
-    shapes = concrete_input_shapes(model, dims or {})
+    """Op histogram, statistics (MACs at the given symbolic dims, default 1) and layer density."""
+    feeds = synthetic_feeds(model, dims)
     ops = collections.Counter(
         f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph
     )
     return Summary(
         ops=dict(ops.most_common()),
-        stats=model_stats(model, shapes),
-        input_shapes={k: list(v) for k, v in shapes.items()},
+        stats=model_stats(model, feeds),
+        input_shapes={k: list(v.shape) for k, v in feeds.items()},
         layers=weighted_layers(model.graph),
     )

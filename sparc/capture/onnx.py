@@ -109,7 +109,7 @@ def normalize(model: ir.Model, label: str) -> ir.Model:
     """Lift weights to initializers, upgrade old opsets, and refuse unknown ops (all listed)."""
     model = _upgrade_opset(model, label)
     common_passes.RemoveInitializersFromInputsPass()(model)
-    common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16)(model)
+    common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
     problems = unsupported_ops(model)
     if problems:
         raise UnsupportedModelError(f"{label}: the model uses ops sparc cannot run", problems)

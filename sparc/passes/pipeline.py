@@ -58,7 +58,7 @@ class Pipeline:
     def run(self, model: ir.Model) -> PipelineResult:
         """Run every pass in place on ``model``; return it with one report entry per pass."""
         reference = self._outputs(model) if self.validation else None
-        shapes = self._input_shapes()
+        feeds = self._reference_feeds()
         entries: list[PassEntry] = []
         for index, pass_ in enumerate(self.passes):
             previous = [p.name for p in self.passes[:index]]
@@ -69,7 +69,7 @@ class Pipeline:
             if problem:
                 raise PassError(pass_.name, previous, f"the ONNX checker rejects its output: {problem}")
             error = self._verify(pass_, model, reference, previous)
-            stats = model_stats(model, shapes)
+            stats = model_stats(model, feeds)
             entries.append(
                 PassEntry(pass_.name, pass_.options(), modified, seconds, stats, error, pass_.details)
             )
@@ -93,11 +93,10 @@ class Pipeline:
     def _outputs(self, model: ir.Model) -> list:
         return run_batches(model, self.validation, threads=self.threads)
 
-    def _input_shapes(self) -> Mapping[str, tuple[int, ...]] | None:
+    def _reference_feeds(self) -> Mapping[str, np.ndarray] | None:
+        """The batch MACs are counted on: the first validation (else calibration) batch."""
         data = self.validation or self.calibration
-        if not data:
-            return None
-        return {name: array.shape for name, array in data.batches[0].items()}
+        return data.batches[0] if data else None
 
     def _verify(self, pass_, model, reference, previous) -> OutputError | None:
         if reference is None:

@@ -1,0 +1,98 @@
+"""Small torch models built in the tests (seeded, so every run sees the same weights)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def seeded(cls, *args, seed: int = 0, **kwargs):
+    torch.manual_seed(seed)
+    return cls(*args, **kwargs).eval()
+
+
+class MLP(nn.Module):
+    def __init__(self, d_in=16, hidden=32, d_out=8):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.fc2 = nn.Linear(hidden, d_out)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class ResidualCNN(nn.Module):
+    """Conv-BN-ReLU stem, two residual blocks, global pooling and a classifier."""
+
+    def __init__(self, channels=8, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(channels, channels, 3, padding=1),
+                nn.BatchNorm2d(channels),
+                nn.ReLU(),
+                nn.Conv2d(channels, channels, 3, padding=1),
+                nn.BatchNorm2d(channels),
+            )
+            for _ in range(2)
+        )
+        self.head = nn.Linear(channels, classes)
+        for module in self.modules():  # non-trivial BN statistics
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = torch.relu(x + block(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block with causal multi-head attention."""
+
+    def __init__(self, d, heads, ffn):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(d)
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.o = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.up = nn.Linear(d, ffn)
+        self.down = nn.Linear(ffn, d)
+
+    def forward(self, x):
+        b, s, d = x.shape
+        h = self.ln1(x)
+        split = lambda t: t.view(b, s, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q(h)), split(self.k(h)), split(self.v(h))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)
+        causal = torch.ones(s, s, dtype=torch.bool).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+        attn = torch.softmax(scores, dim=-1) @ v
+        x = x + self.o(attn.transpose(1, 2).reshape(b, s, d))
+        return x + self.down(torch.nn.functional.gelu(self.up(self.ln2(x))))
+
+
+class TinyGPT(nn.Module):
+    """GPT-2 style: token + position embeddings, pre-LN blocks, final LN, tied head."""
+
+    def __init__(self, vocab=97, d=32, heads=4, layers=2, ffn=64, max_len=64):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(max_len, d)
+        self.blocks = nn.ModuleList(Block(d, heads, ffn) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d)
+
+    def forward(self, input_ids):
+        positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
+        x = self.tok(input_ids) + self.pos(positions)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x) @ self.tok.weight.T
