@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, str(exc))
     except KeyboardInterrupt:
         return _fail(args, "interrupted")
+    except BrokenPipeError:  # output piped into a reader that stopped early (head, sed)
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except Exception as exc:  # a bug in sparc or a dependency: still one line by default
         return _fail(args, f"internal error ({type(exc).__name__}: {exc}); rerun with --verbose")
 
