@@ -17,7 +17,7 @@ from sparc.calibrate import synthetic_feeds
 
 
 @functools.lru_cache(maxsize=None)
-def _zoo_model(name: str):
+def zoo_model(name: str):
     from sparc import zoo
 
     return zoo.get(name)
@@ -37,7 +37,7 @@ def runner_for(spec: str, *, threads: int | None) -> Callable[[dict], object]:
     kind, name = _split(spec)
     if kind == "onnx":
         return OrtRunner(_onnx_model(name), threads=threads).run
-    model = _zoo_model(name)
+    model = zoo_model(name)
     if kind == "zoo":
         from sparc.capture import capture_torch
 
@@ -81,5 +81,5 @@ def bench_inputs(specs: Sequence[str], npz: str | None, *, batch: int, seq: int)
         from sparc import datasets
 
         texts = datasets.lee_background()[:batch]
-        return _zoo_model(zoo_names[0]).make_inputs(texts, seq=seq)
+        return zoo_model(zoo_names[0]).make_inputs(texts, seq=seq)
     return synthetic_feeds(_onnx_model(specs[0]), batch=batch, seq=seq)

@@ -62,7 +62,7 @@ class Comparison:
     def to_markdown(self) -> str:
         head = f"threads: {self.threads if self.threads else 'default'}, rounds: {self.rounds}"
         lines = [
-            f"{self.label}\n" if self.label else "",
+            *([self.label, ""] if self.label else []),
             head,
             "",
             "| model | median ms | min ms | ratio to " + self.baseline + " | speedup |",
@@ -74,7 +74,7 @@ class Comparison:
                 f"| {name} | {timing.median_ms:.3f} | {timing.min_ms:.3f} | {ratio:.3f} | "
                 f"{1 / ratio:.2f}x |"
             )
-        return "\n".join(line for line in lines if line is not None) + "\n"
+        return "\n".join(lines) + "\n"
 
 
 def compare(

@@ -93,6 +93,7 @@ def compile(
     target: str | None = None,
     validate: bool = True,
     threads: int | None = None,
+    backend_options: Mapping | None = None,
     latency_rounds: int = 10,
 ) -> CompiledModel:
     """Capture ``model``, run ``recipe`` over it with verification, and prepare ``backend``.
@@ -103,7 +104,9 @@ def compile(
     the recipe's, else ``onnxruntime`` / ``cpu``. With ``validate``, every pass is checked
     numerically against the original on held-out calibration batches (or the example inputs),
     and the report times the original and compiled models side by side
-    (``latency_rounds`` = 0 skips timing).
+    (``latency_rounds`` = 0 skips timing). ``threads`` sets intra-op threads everywhere;
+    ``backend_options`` go to the backend (ONNX Runtime: ``providers``, ``optimization`` =
+    disable | basic | extended | all).
     """
     parsed = load_recipe(recipe)
     backend = backend or parsed.backend or "onnxruntime"
@@ -116,7 +119,9 @@ def compile(
         parsed.passes, calibration=calib, validation=valid, validate=validate, threads=threads
     )
     result = pipeline.run(ir_model)
-    runner = backends.prepare(result.model, backend, target, threads=threads)
+    runner = backends.prepare(
+        result.model, backend, target, threads=threads, **dict(backend_options or {})
+    )
     data = valid or calib
     report = Report(
         model=_label(model),

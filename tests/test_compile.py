@@ -79,3 +79,34 @@ def test_compile_without_any_data_still_works(compiled_mlp):
     again = sparc.compile(compiled.model)
     assert again.report.validation == "none (no data given)"
     assert again.report.passes[-1].error is None
+
+
+def test_backend_options(compiled_mlp):
+    _, compiled = compiled_mlp
+    again = sparc.compile(
+        compiled.model, backend_options={"optimization": "disable", "providers": ["CPUExecutionProvider"]}
+    )
+    x = np.ones((2, 16), np.float32)
+    np.testing.assert_allclose(again(x), compiled(x), rtol=1e-6)
+    with pytest.raises(BackendError, match=r"no option\(s\) \['thread'\]"):
+        sparc.compile(compiled.model, backend_options={"thread": 2})
+    with pytest.raises(BackendError, match="unknown graph optimization level"):
+        sparc.compile(compiled.model, backend_options={"optimization": "max"})
+
+
+def test_onnx_only_use_never_imports_torch(minilm_path, tmp_path):
+    """A user without torch compiles, runs and exports ONNX models."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+sys.modules["torch"] = None  # any import of torch now fails
+import numpy as np, sparc
+c = sparc.compile({str(minilm_path)!r}, example_inputs=(np.ones((1, 8), np.int64), np.ones((1, 8), np.int64)))
+c.export({str(tmp_path / "m.onnx")!r})
+print(c(np.ones((1, 8), np.int64), np.ones((1, 8), np.int64)).shape)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(1, 384)"

@@ -10,6 +10,7 @@ import onnx_ir as ir
 from sparc.errors import BackendError
 
 BACKENDS: dict[str, tuple[str, ...]] = {"onnxruntime": ("cpu",)}
+BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {"onnxruntime": ("providers", "optimization")}
 
 
 def check_backend(backend: str, target: str) -> None:
@@ -32,9 +33,19 @@ class Executable:
         raise NotImplementedError
 
 
-def prepare(model: ir.Model, backend: str, target: str, *, threads: int | None = None) -> Executable:
-    """Build the runnable form of ``model`` for ``backend`` and ``target``."""
+def prepare(
+    model: ir.Model, backend: str, target: str, *, threads: int | None = None, **options
+) -> Executable:
+    """Build the runnable form of ``model`` for ``backend`` and ``target``.
+
+    ``options`` go to the backend (ONNX Runtime: ``providers``, ``optimization``).
+    """
     check_backend(backend, target)
+    unknown = sorted(set(options) - set(BACKEND_OPTIONS[backend]))
+    if unknown:
+        raise BackendError(
+            f"backend {backend!r} has no option(s) {unknown}; it accepts {list(BACKEND_OPTIONS[backend])}"
+        )
     from sparc.backends.onnxruntime import OrtRunner
 
-    return OrtRunner(model, threads=threads)
+    return OrtRunner(model, threads=threads, **options)
