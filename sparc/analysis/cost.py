@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import _c_api_utils
 
 Shapes = Mapping[str, tuple[int, ...]]
 Feeds = Mapping[str, np.ndarray]
@@ -53,8 +54,18 @@ def count_params(graph: ir.Graph) -> tuple[int, int]:
 
 
 def model_bytes(model: ir.Model) -> int:
-    """Size of the serialized model in bytes."""
-    return ir.serde.serialize_model(model).ByteSize()
+    """Size of the serialized model in bytes (graph structure plus tensor data).
+
+    Large tensors are counted by their data size rather than serialized, so this is cheap
+    for big models; it matches the file size within protobuf's framing bytes.
+    """
+    structure = _c_api_utils.call_onnx_api(lambda proto: proto.ByteSize(), model)
+    hidden = sum(
+        v.const_value.nbytes
+        for v in model.graph.initializers.values()
+        if v.const_value is not None and v.const_value.nbytes > _c_api_utils._BIG_TENSOR_SIZE_LIMIT
+    )
+    return structure + hidden
 
 
 def model_stats(model: ir.Model, feeds: Feeds | None) -> ModelStats:
@@ -88,12 +99,14 @@ def count_macs(model: ir.Model, feeds: Feeds) -> tuple[int, list[str]]:
 def observed_shapes(model: ir.Model, nodes, feeds: Feeds) -> dict[str, tuple[int, ...]]:
     """Shapes of the inputs and outputs of ``nodes`` when the model runs on ``feeds``.
 
-    Values whose IR shape is fully static are read from the IR; the others are exposed as
-    outputs of one ONNX Runtime run (ONNX shape inference loses dynamic dims through the
-    Expand/Reshape chains exporters emit, so it is not relied on).
+    A value's IR shape is used when every dim is a number or a symbol that the graph inputs
+    bind (``batch``, ``seq``); the others are exposed as outputs of one ONNX Runtime run
+    (ONNX shape inference loses dynamic dims through the Expand/Reshape chains exporters
+    emit, so it is not relied on).
     """
     from sparc.calibrate import CalibrationData, collect
 
+    bindings = _symbol_bindings(model, feeds)
     shapes: dict[str, tuple[int, ...]] = {}
     wanted: list[str] = []
     for node in nodes:
@@ -102,8 +115,10 @@ def observed_shapes(model: ir.Model, nodes, feeds: Feeds) -> dict[str, tuple[int
                 continue
             if value.is_graph_input() and value.name in feeds:
                 shapes[value.name] = tuple(np.shape(feeds[value.name]))
-            elif value.shape is not None and value.shape.is_static():
-                shapes[value.name] = tuple(value.shape.numpy())
+                continue
+            resolved = _resolve(value.shape, bindings)
+            if resolved is not None:
+                shapes[value.name] = resolved
             elif node.graph is model.graph:
                 wanted.append(value.name)
     if wanted:
@@ -111,6 +126,32 @@ def observed_shapes(model: ir.Model, nodes, feeds: Feeds) -> dict[str, tuple[int
         collect(model, recorders, CalibrationData([dict(feeds)]), description="measuring shapes")
         shapes.update({name: r.shape for name, r in recorders.items()})
     return shapes
+
+
+def _symbol_bindings(model: ir.Model, feeds: Feeds) -> dict[str, int]:
+    """Sizes of the symbolic dims of the graph inputs, read off ``feeds``."""
+    bindings: dict[str, int] = {}
+    for value in model.graph.inputs:
+        if value.shape is None or value.name not in feeds:
+            continue
+        for dim, size in zip(value.shape, np.shape(feeds[value.name])):
+            if isinstance(dim, ir.SymbolicDim) and dim.value is not None:
+                bindings[str(dim.value)] = int(size)
+    return bindings
+
+
+def _resolve(shape: ir.Shape | None, bindings: dict[str, int]) -> tuple[int, ...] | None:
+    if shape is None:
+        return None
+    dims = []
+    for dim in shape:
+        if isinstance(dim, int):
+            dims.append(dim)
+        elif dim.value is not None and str(dim.value) in bindings:
+            dims.append(bindings[str(dim.value)])
+        else:
+            return None
+    return tuple(dims)
 
 
 class _ShapeRecorder:

@@ -4,7 +4,9 @@ Cases recognised (x is the activation, W a constant):
 1. ``MatMul(x, W)`` with W of shape [K, N] (the torch exporter's pre-transposed form).
 2. ``Gemm(x, W, b)`` with ``transB`` = 0 (W is [K, N]) or 1 (W is [N, K]); ``transA`` = 0,
    ``alpha`` = ``beta`` = 1.
-3. A following ``Add(y, b)`` with a constant 1-D bias of length N (MatMul form).
+3. ``MatMul(x, Transpose(W))`` with W an initializer of shape [N, K] (a tied head reading the
+   embedding table), recorded with ``transpose_node``.
+4. A following ``Add(y, b)`` with a constant 1-D bias of length N (MatMul form).
 Every layer is described in "math" orientation: ``weight_kn()`` is always [K, N], so
 y = x · W + b.
 """
@@ -33,6 +35,7 @@ class LinearLayer:
     transposed: bool
     bias: ir.Value | None = None
     bias_node: ir.Node | None = None
+    transpose_node: ir.Node | None = None
 
     @property
     def output(self) -> ir.Value:
@@ -58,7 +61,7 @@ class LinearLayer:
 
 
 def find_linear_layers(graph: ir.Graph) -> list[LinearLayer]:
-    """Every linear layer of ``graph`` in topological order (cases 1-3 of the module doc)."""
+    """Every linear layer of ``graph`` in topological order (cases 1-4 of the module doc)."""
     layers = []
     for node in graph:
         layer = _as_linear(node)
@@ -71,18 +74,36 @@ def _as_linear(node: ir.Node) -> LinearLayer | None:
     if node.domain != "" or len(node.inputs) < 2:
         return None
     weight = node.inputs[1]
+    transpose = _constant_transpose(weight) if node.op_type == "MatMul" else None
+    if transpose is not None:
+        weight = transpose.inputs[0]
     if weight is None or not weight.is_initializer() or weight.const_value is None:
         return None
     if len(weight.shape) != 2:
         return None
     if node.op_type == "MatMul":
-        bias, bias_node = _following_bias(node, weight.shape[1])
-        return LinearLayer(layer_name(node, weight), node, weight, False, bias, bias_node)
+        transposed = transpose is not None
+        bias, bias_node = _following_bias(node, weight.shape[0 if transposed else 1])
+        name = layer_name(node, weight)
+        return LinearLayer(name, node, weight, transposed, bias, bias_node, transpose)
     if node.op_type == "Gemm" and _plain_gemm(node):
         transposed = node.attributes.get_int("transB", 0) == 1
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         return LinearLayer(layer_name(node, weight), node, weight, transposed, bias)
     return None
+
+
+def _constant_transpose(value: ir.Value | None) -> ir.Node | None:
+    """The ``Transpose(W, perm=[1, 0])`` producing ``value`` from an initializer, if so."""
+    producer = value.producer() if value is not None else None
+    if producer is None or producer.op_type != "Transpose" or producer.domain != "":
+        return None
+    source = producer.inputs[0]
+    if source is None or not source.is_initializer() or source.shape is None or len(source.shape) != 2:
+        return None
+    if tuple(producer.attributes.get_ints("perm", (1, 0))) != (1, 0):
+        return None
+    return producer
 
 
 def _plain_gemm(node: ir.Node) -> bool:

@@ -5,6 +5,7 @@ from sparc.passes.fold_constants import FoldConstants
 from sparc.passes.infer_shapes import InferShapes
 from sparc.passes.pipeline import Pipeline
 from sparc.passes.remove_unused import RemoveUnused
+from sparc.passes.slice_rows_columns import SliceRowsColumns
 
 __all__ = [
     "PASSES",
@@ -12,6 +13,7 @@ __all__ = [
     "InferShapes",
     "Pipeline",
     "RemoveUnused",
+    "SliceRowsColumns",
     "SparcPass",
     "build_pass",
 ]

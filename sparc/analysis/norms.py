@@ -1,0 +1,110 @@
+"""Normalization layers over the last axis, fused or decomposed.
+
+Cases recognised (x is the normalized value, γ the scale, β the shift, all constants):
+1. ``LayerNormalization(x, γ[, β])`` with axis -1.
+2. ``RMSNormalization(x, γ)`` (opset 23) with axis -1.
+3. Decomposed RMSNorm as Hugging Face Llama-style models export it:
+   γ · (x · 1/√(mean(x²) + ε)) (onnxscript's RMSNorm fusion pattern, used to match only).
+4. Decomposed LayerNorm: γ · (x − mean x) / √(var + ε) (onnxscript's LayerNorm pattern),
+   optionally followed by ``Add(·, β)``.
+The analysis never rewrites: it reports which nodes form each norm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter.rules.fusion import _layer_norm, _rms_normalization
+
+from sparc.ir_utils import constant_array
+
+NormKind = Literal["layer", "rms"]
+
+
+@dataclasses.dataclass
+class Norm:
+    """y = normalize(x) · γ (+ β) over the last axis; ``nodes`` compute y from x."""
+
+    kind: NormKind
+    input: ir.Value
+    output: ir.Value
+    scale: np.ndarray | None
+    bias: np.ndarray | None
+    epsilon: float
+    nodes: list[ir.Node]
+
+
+_RMS_RULES = _rms_normalization.rms_normalization_rules
+_LAYER_RULE = _layer_norm._layer_norm_rule
+
+
+def find_norms(model: ir.Model) -> dict[ir.Value, Norm]:
+    """Every normalization of the main graph, keyed by its output value."""
+    norms: dict[ir.Value, Norm] = {}
+    for node in model.graph:
+        norm = _as_norm(model, node)
+        if norm is not None:
+            norms[norm.output] = norm
+    return norms
+
+
+def _as_norm(model: ir.Model, node: ir.Node) -> Norm | None:
+    if node.domain != "":
+        return None
+    if node.op_type in ("LayerNormalization", "RMSNormalization"):
+        return _fused(node)
+    if node.op_type == "Mul":
+        for rule in _RMS_RULES:
+            match = rule.match(model, model.graph, node, check_nodes_are_removable=False)
+            if match:
+                return _decomposed("rms", match, node)
+        match = _LAYER_RULE.match(model, model.graph, node, check_nodes_are_removable=False)
+        if match:
+            return _with_bias(_decomposed("layer", match, node))
+    return None
+
+
+def _fused(node: ir.Node) -> Norm | None:
+    if node.attributes.get_int("axis", -1) != -1:
+        return None
+    scale = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    bias = constant_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    if scale is None or (len(node.inputs) > 2 and node.inputs[2] is not None and bias is None):
+        return None
+    kind: NormKind = "layer" if node.op_type == "LayerNormalization" else "rms"
+    epsilon = node.attributes.get_float("epsilon", 1e-5)
+    if any(out is not None and out.uses() for out in node.outputs[1:]):
+        return None  # mean / inverse std deviation outputs are read elsewhere
+    return Norm(kind, node.inputs[0], node.outputs[0], scale, bias, epsilon, [node])
+
+
+def _decomposed(kind: NormKind, match, last: ir.Node) -> Norm | None:
+    bindings = match.bindings
+    scale = constant_array(bindings.get("scale"))
+    epsilon = constant_array(bindings.get("epsilon"))
+    if scale is None or epsilon is None or epsilon.size != 1:
+        return None
+    nodes = list(match.nodes)
+    inner = [out for node in nodes for out in node.outputs if out is not last.outputs[0]]
+    if any(out.is_graph_output() or any(u.node not in nodes for u in out.uses()) for out in inner):
+        return None  # an intermediate of the norm is read elsewhere
+    return Norm(kind, bindings["x"], last.outputs[0], scale, None, float(epsilon.item()), nodes)
+
+
+def _with_bias(norm: Norm | None) -> Norm | None:
+    """Absorb an ``Add(y, β)`` with a constant vector following a decomposed LayerNorm."""
+    if norm is None:
+        return None
+    uses = norm.output.uses()
+    if len(uses) != 1 or norm.output.is_graph_output():
+        return norm
+    add = uses[0].node
+    if add.op_type != "Add" or add.domain != "":
+        return norm
+    bias = constant_array(add.inputs[1 - uses[0].idx])
+    if bias is None or bias.ndim != 1:
+        return norm
+    return dataclasses.replace(norm, output=add.outputs[0], bias=bias, nodes=[*norm.nodes, add])
