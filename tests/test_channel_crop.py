@@ -1,0 +1,283 @@
+"""ChannelCrop: coupled groups on synthetic graphs, blocked groups, real CNNs and MiniLM."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from tiny_models import MLP, ResidualCNN, seeded
+from torch import nn
+
+import sparc
+from sparc import datasets, zoo
+from sparc.analysis.channels import find_channel_groups
+from sparc.analysis.cost import observed_shapes
+from sparc.backends.onnxruntime import OrtRunner
+from sparc.capture import capture_torch
+from sparc.errors import RecipeError
+from sparc.ir_utils import constant_array, copy_model, set_initializer
+from sparc.passes import ChannelCrop
+
+
+class ConcatNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 16, 1)
+        self.bn = nn.BatchNorm2d(24)
+        self.c = nn.Conv2d(24, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], dim=1)))
+        return self.head(self.c(y).mean(dim=(2, 3)))
+
+
+class SplitNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.left = nn.Conv2d(16, 8, 1)
+        self.right = nn.Conv2d(16, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        a, b = torch.split(torch.relu(self.stem(x)), [16, 16], dim=1)
+        return self.head((self.left(a) + self.right(b)).mean(dim=(2, 3)))
+
+
+class DepthwiseSE(nn.Module):
+    """Pointwise expand, depthwise, squeeze-and-excitation, pointwise project, residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.expand = nn.Conv2d(16, 48, 1)
+        self.depthwise = nn.Conv2d(48, 48, 3, padding=1, groups=48)
+        self.reduce = nn.Conv2d(48, 8, 1)
+        self.excite = nn.Conv2d(8, 48, 1)
+        self.project = nn.Conv2d(48, 16, 1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        h = torch.relu(self.depthwise(torch.relu(self.expand(x))))
+        s = torch.sigmoid(self.excite(torch.relu(self.reduce(h.mean(dim=(2, 3), keepdim=True)))))
+        x = x + self.project(h * s)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class FlattenNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(nn.functional.max_pool2d(self.conv(x), 2)), 1))
+
+
+class CumSumNet(nn.Module):
+    """An op with no channel rule (CumSum over the channels) blocks its group."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 1)
+        self.b = nn.Conv2d(16, 16, 1)
+        self.c = nn.Conv2d(16, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.cumsum(self.a(x), dim=1)
+        return self.head(self.c(torch.relu(self.b(y))).mean(dim=(2, 3)))
+
+
+def _capture(module, shape):
+    torch.manual_seed(1)
+    return capture_torch(module.eval(), (torch.randn(*shape),), {"x": {0: "batch"}})
+
+
+def _images(shape, count=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((4, *shape[1:])).astype(np.float32)} for _ in range(count)]
+
+
+def zeroed_reference(model, crop: ChannelCrop, feeds):
+    """The original model with every consumer's weights for the removed channels set to 0.
+
+    Pruning a channel must equal never reading it: this is the reference for every rule.
+    """
+    shapes = observed_shapes(model, list(model.graph), {k: v[:1] for k, v in feeds.items()})
+    groups = [g for g in find_channel_groups(model, shapes) if g.prunable]
+    plan = crop._plan(groups, {})
+    reference = copy_model(model)
+    nodes = {n.name: n for n in reference.graph}
+    for group, removed in plan:
+        kept = group.kept_indices(set(removed))
+        for member in group.members:
+            if member.role != "consumer":
+                continue
+            value = nodes[member.node.name].inputs[member.index]
+            array = constant_array(value).copy()
+            drop = np.setdiff1d(np.arange(array.shape[member.axis]), kept[member.space])
+            index = [slice(None)] * array.ndim
+            index[member.axis] = drop
+            array[tuple(index)] = 0
+            set_initializer(reference.graph, value, array)
+    return reference, plan
+
+
+@pytest.mark.parametrize(
+    "module, shape",
+    [
+        (lambda: seeded(ResidualCNN, 16), (2, 3, 8, 8)),
+        (ConcatNet, (2, 3, 8, 8)),
+        (SplitNet, (2, 3, 8, 8)),
+        (DepthwiseSE, (2, 3, 8, 8)),
+        (FlattenNet, (2, 1, 8, 8)),
+        (lambda: seeded(MLP, 16, 64, 8), (2, 16)),
+    ],
+    ids=["residual+bn", "concat", "split", "depthwise+se", "flatten->gemm", "mlp"],
+)
+def test_pruned_model_equals_original_with_removed_channels_zeroed(module, shape, tmp_path):
+    model = _capture(module(), shape)
+    crop = ChannelCrop(ratio=0.5, round_to=1, min_channels=1)
+    data = _images(shape)
+    reference, plan = zeroed_reference(model, crop, data[0])
+    assert plan, "something must be pruned"
+    compiled = sparc.compile(model, calibration=data, recipe=[crop], latency_rounds=0)
+    for feeds in _images(shape, seed=7):
+        want = next(iter(OrtRunner(reference).run(feeds).values()))
+        np.testing.assert_allclose(compiled(feeds), want, rtol=1e-4, atol=1e-5)
+    assert compiled.report.final.params < compiled.report.original.params
+    path = compiled.export(tmp_path / "cropped.onnx")
+    onnx.checker.check_model(str(path), full_check=True)
+    stock = next(iter(OrtRunner(path).run(data[0]).values()))
+    np.testing.assert_allclose(stock, compiled(data[0]), rtol=1e-6)
+
+
+def test_coupling_of_the_synthetic_groups():
+    model = _capture(DepthwiseSE(), (2, 3, 8, 8))
+    shapes = observed_shapes(model, list(model.graph), _images((1, 3, 8, 8))[0])
+    groups = {tuple(g.producers): g for g in find_channel_groups(model, shapes)}
+    # the residual stream: stem and project write it, expand and head read it
+    stream = next(g for p, g in groups.items() if "net.stem" in p or "stem" in p)
+    assert {"stem", "project"} <= set(stream.producers)
+    # expand, depthwise and excite are one group (depthwise ties in/out, SE Mul ties excite)
+    inner = next(g for g in groups.values() if "expand" in g.producers)
+    assert {"expand", "depthwise", "excite"} <= set(inner.producers) and len(inner.units) == 48
+    assert next(g for g in groups.values() if "head" in g.producers).blocked  # graph output
+
+
+def test_unknown_op_blocks_its_group_and_is_reported():
+    model = _capture(CumSumNet(), (2, 3, 8, 8))
+    compiled = sparc.compile(model, calibration=_images((2, 3, 8, 8)), recipe=[ChannelCrop(ratio=0.5)], latency_rounds=0)
+    details = compiled.report.passes[-1].details
+    assert any("CumSum node" in b and "has no channel rule" in b for b in details["blocked"])
+    assert any(p.startswith("b:") for p in details["pruned"])  # the b -> c group is still pruned
+    assert not any(p.startswith("a:") for p in details["pruned"])
+
+
+def test_ratio_patterns_skip_and_rounding():
+    model = _capture(seeded(ResidualCNN, 16), (2, 3, 8, 8))
+    data = _images((2, 3, 8, 8))
+    crop = ChannelCrop(ratio={"blocks.1.0": 0.5, "stem.*": 0.25}, round_to=4, min_channels=4)
+    details = sparc.compile(model, calibration=data, recipe=[crop], latency_rounds=0).report.passes[-1].details
+    assert details["pruned"] == ["stem.0: 16 -> 12", "blocks.1.0: 16 -> 8"]
+    skipped = ChannelCrop(ratio=0.5, skip=["blocks.0.*"], round_to=4)
+    details = sparc.compile(model, calibration=data, recipe=[skipped], latency_rounds=0).report.passes[-1].details
+    assert details["pruned"] == ["blocks.1.0: 16 -> 8"]  # the stream group has blocks.0.3 too
+
+
+def test_importance_criteria_and_options():
+    model = _capture(seeded(ResidualCNN, 16), (2, 3, 8, 8))
+    data = _images((2, 3, 8, 8))
+    for importance in ("l1", "l2", "bn_scale", "activation"):
+        compiled = sparc.compile(model, calibration=data, recipe=[ChannelCrop(ratio=0.5, importance=importance, round_to=1)], latency_rounds=0)
+        assert compiled.report.final.params < compiled.report.original.params
+    with pytest.raises(RecipeError, match="importance"):
+        ChannelCrop(importance="random")
+    with pytest.raises(RecipeError, match="global_ranking takes one ratio"):
+        ChannelCrop(ratio={"a": 0.1}, global_ranking=True)
+    with pytest.raises(sparc.PassError, match="needs calibration data"):
+        sparc.compile(model, recipe=[ChannelCrop(importance="activation")], example_inputs=(np.ones((1, 3, 8, 8), np.float32),))
+
+
+def test_refinements_are_kept_only_where_they_reduce_error():
+    model = _capture(seeded(MLP, 16, 64, 8), (2, 16))
+    rng = np.random.default_rng(0)
+    data = [{"x": rng.standard_normal((64, 16)).astype(np.float32)} for _ in range(8)]
+    plain = sparc.compile(model, calibration=data, recipe=[ChannelCrop(ratio=0.5, round_to=1)], latency_rounds=0)
+    refined = sparc.compile(
+        model, calibration=data,
+        recipe=[ChannelCrop(ratio=0.5, round_to=1, bias_compensation=True, reconstruct=True)],
+        latency_rounds=0,
+    )
+    choice = refined.report.passes[-1].details["refinement"]
+    assert choice["chosen"] == "reconstruct" and choice["reconstruct"] < choice["bias"] < choice["none"]
+    assert refined.report.error.mean_rel < plain.report.error.mean_rel
+
+
+def test_global_ranking_prunes_unevenly():
+    model = _capture(seeded(ResidualCNN, 16), (2, 3, 8, 8))
+    details = sparc.compile(
+        model, calibration=_images((2, 3, 8, 8)),
+        recipe=[ChannelCrop(ratio=0.4, global_ranking=True, round_to=1)], latency_rounds=0,
+    ).report.passes[-1].details
+    kept = [int(p.split("-> ")[1]) for p in details["pruned"]]
+    assert len(set(kept)) > 1
+
+
+# real models ----------------------------------------------------------------------------
+
+
+def test_mnist_cnn_from_torch_and_from_onnx_file(tmp_path):
+    mnist = zoo.mnist_cnn()
+    digits, labels = datasets.mnist_digits()
+    calib = mnist.batches(digits[4000:4256], 64)
+    captured = capture_torch(mnist.module, zoo.torch_inputs(calib[0]), mnist.dynamic_axes)
+    path = tmp_path / "mnist.onnx"
+    sparc.compile(captured, recipe=[]).export(path)
+    for source in (mnist.module, str(path)):
+        compiled = sparc.compile(
+            source, example_inputs=zoo.torch_inputs(calib[0]) if source is mnist.module else None,
+            dynamic_axes=mnist.dynamic_axes if source is mnist.module else None,
+            calibration=calib, recipe=[ChannelCrop(ratio=0.5)], latency_rounds=0,
+        )
+        predictions = np.concatenate([compiled(b["image"]) for b in mnist.batches(digits[:1000], 250)])
+        assert (predictions.argmax(1) == labels[:1000]).mean() > 0.97
+        assert compiled.report.final.macs < 0.3 * compiled.report.original.macs
+
+
+def test_efficientnet_lite0_groups_and_exact_cut():
+    net = zoo.efficientnet_lite0()
+    photos = datasets.cifar_photos()[:8]
+    feeds = net.make_inputs(photos[:4])
+    model = capture_torch(net.module, zoo.torch_inputs(feeds), net.dynamic_axes)
+    crop = ChannelCrop(ratio=0.3)
+    reference, plan = zeroed_reference(model, crop, feeds)
+    assert len(plan) == 24  # every group but the classifier's output
+    compiled = sparc.compile(model, calibration=[feeds], recipe=[crop], latency_rounds=0)
+    want = next(iter(OrtRunner(reference).run(feeds).values()))
+    np.testing.assert_allclose(compiled(feeds), want, rtol=1e-3, atol=1e-3)
+    assert compiled.report.final.macs < 0.6 * compiled.report.original.macs
+    details = compiled.report.passes[-1].details
+    assert details["blocked"] == ["net._fc: 'linear' is a graph output (its shape must not change)"]
+
+
+def test_minilm_heads_and_ffn_units(minilm, minilm_ir, minilm_batches):
+    crop = ChannelCrop(ratio=0.5, round_to=1, min_channels=1)
+    compiled = sparc.compile(minilm_ir, calibration=minilm_batches, recipe=[crop], latency_rounds=0)
+    details = compiled.report.passes[-1].details
+    heads = [p for p in details["pruned"] if "attention.self.query" in p]
+    ffn = [p for p in details["pruned"] if "intermediate.dense" in p]
+    assert len(heads) == 6 and all(p.endswith("12 -> 6") for p in heads)
+    assert len(ffn) == 6 and all(p.endswith("1536 -> 768") for p in ffn)
+    assert any("LayerNormalization" in b and "normalizes over the channels" in b for b in details["blocked"])
+    reference, _ = zeroed_reference(minilm_ir, crop, minilm_batches[0])
+    for feeds in minilm_batches[:2]:
+        want = next(iter(OrtRunner(reference).run(feeds).values()))
+        np.testing.assert_allclose(compiled(feeds), want, atol=2e-5)
+    longer = minilm.make_inputs(["another sentence to encode, at a new length"], seq=24)
+    assert compiled(longer).shape == (1, 384)
