@@ -155,10 +155,19 @@ def _inspect(args) -> int:
     print("| op | count |\n|---|---:|")
     for op, count in summary.ops.items():
         print(f"| {op} | {count} |")
-    print("\n| layer | op | weight shape | density |\n|---|---|---|---:|")
+    print("\n| layer | op | weight shape | density | pattern |\n|---|---|---|---:|---|")
     for layer in summary.layers:
-        print(f"| {layer.name} | {layer.op} | {layer.shape} | {layer.density:.3f} |")
+        pattern = "" if layer.pattern is None else f"{layer.pattern} {_holds(layer.verified)}"
+        print(f"| {layer.name} | {layer.op} | {layer.shape} | {layer.density:.3f} | {pattern} |")
+    broken = [layer.name for layer in summary.layers if layer.verified is False]
+    if broken:
+        print(f"\nerror: {len(broken)} layers do not satisfy their sparsity annotation: {', '.join(broken)}")
+        return EXIT_ERROR
     return 0
+
+
+def _holds(verified: bool | None) -> str:
+    return "✓ holds" if verified else "✗ VIOLATED"
 
 
 def _dims(entries: list[str]) -> dict[str, int]:

@@ -19,13 +19,14 @@ from sparc.capture import capture, load_onnx
 from sparc.capture.torch import is_torch_module
 from sparc.errors import BackendError, CalibrationError
 from sparc.ir_utils import copy_model
+from sparc.ops import has_sparc_ops, lower_to_standard
 from sparc.passes.pipeline import Pipeline
 from sparc.recipe import load_recipe
 from sparc.report import Latency, Report
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("standard",)
+EXPORT_FORMATS = ("standard", "sparc")
 
 
 class CompiledModel:
@@ -76,10 +77,16 @@ class CompiledModel:
         return values[0] if len(values) == 1 else values
 
     def export(self, path: str | os.PathLike, format: str = "standard") -> Path:
-        """Write the model as ONNX that stock ONNX Runtime loads (atomically)."""
+        """Write the model as ONNX, atomically.
+
+        ``standard``: only standard ops (``ai.sparc`` ops lowered, weights decompressed), what
+        stock ONNX Runtime and onnxruntime-web load. ``sparc``: keeps ``ai.sparc`` ops and
+        their compressed weights (smaller; for sparc's backends and ``sparc.load``).
+        """
         if format not in EXPORT_FORMATS:
             raise BackendError(f"unknown export format {format!r}; choose from {list(EXPORT_FORMATS)}")
-        return export_onnx(self.model, path)
+        standard = format == "standard" and has_sparc_ops(self.model)
+        return export_onnx(lower_to_standard(self.model) if standard else self.model, path)
 
 
 def compile(

@@ -1,4 +1,8 @@
-"""What ``sparc inspect`` shows: op histogram, size, MACs, and per-layer weight density."""
+"""What ``sparc inspect`` shows: op histogram, size, MACs, per-layer density and pattern.
+
+A layer carrying a ``sparc.sparsity`` annotation (or an ``ai.sparc::SparseLinear`` node,
+whose weight is decompressed) shows its claimed pattern and whether the weight satisfies it.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ import numpy as np
 import onnx_ir as ir
 
 from sparc.analysis.cost import ModelStats, model_stats
-from sparc.analysis.linear import layer_name
+from sparc.analysis.linear import NAME_SCOPES_KEY, layer_name
 from sparc.calibrate import synthetic_feeds
+from sparc.ops import sparse_linear
+from sparc.sparsity import annotation, verify
 
 
 @dataclasses.dataclass
@@ -21,6 +27,8 @@ class LayerWeights:
     op: str
     shape: list[int]
     density: float
+    pattern: str | None = None
+    verified: bool | None = None
 
 
 @dataclasses.dataclass
@@ -35,19 +43,45 @@ WEIGHTED_OPS = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1}
 
 
 def weighted_layers(graph: ir.Graph) -> list[LayerWeights]:
-    """Every node of a weighted op whose weight input is an initializer, with its density."""
+    """Every node of a weighted op whose weight is a constant, with density and pattern."""
     layers = []
     for node in graph:
-        index = WEIGHTED_OPS.get(node.op_type)
-        if node.domain != "" or index is None or len(node.inputs) <= index:
+        found = _weight_of(node)
+        if found is None:
             continue
-        weight = node.inputs[index]
-        if weight is None or weight.const_value is None:
-            continue
-        array = weight.const_value.numpy()
-        density = float(np.count_nonzero(array)) / max(array.size, 1)
-        layers.append(LayerWeights(layer_name(node, weight), node.op_type, list(array.shape), density))
+        name, weight_oi = found
+        density = float(np.count_nonzero(weight_oi)) / max(weight_oi.size, 1)
+        layer = LayerWeights(name, node.op_type, list(weight_oi.shape), density)
+        pattern = annotation(node)
+        if pattern is not None:
+            layer.pattern = pattern.describe() + (f" ({pattern.method})" if pattern.method else "")
+            layer.verified = verify(_as_matrix(node, weight_oi), pattern)[0]
+        layers.append(layer)
     return layers
+
+
+def _weight_of(node: ir.Node) -> tuple[str, np.ndarray] | None:
+    """(layer name, weight array) of a weighted node, else None."""
+    if sparse_linear.is_sparse_linear(node):
+        values = node.inputs[1]  # named "<layer>.values" by FuseSparseOps
+        name = layer_name(node) if NAME_SCOPES_KEY in node.metadata_props else values.name.removesuffix(".values")
+        return name, sparse_linear.node_weight(node)
+    index = WEIGHTED_OPS.get(node.op_type)
+    if node.domain != "" or index is None or len(node.inputs) <= index:
+        return None
+    weight = node.inputs[index]
+    if weight is None or weight.const_value is None:
+        return None
+    return layer_name(node, weight), weight.const_value.numpy()
+
+
+def _as_matrix(node: ir.Node, weight: np.ndarray) -> np.ndarray:
+    """The weight as W[out, in], the orientation patterns are defined in."""
+    if node.op_type == "MatMul" or (node.op_type == "Gemm" and not node.attributes.get_int("transB", 0)):
+        return weight.T
+    if node.op_type in ("Conv", "ConvTranspose"):
+        return weight.reshape(weight.shape[0], -1)
+    return weight  # SparseLinear and Gemm with transB hold W[out, in]
 
 
 def summarize(model: ir.Model, dims: dict[str, int] | None = None) -> Summary:

@@ -38,7 +38,8 @@ def prepare(
 ) -> Executable:
     """Build the runnable form of ``model`` for ``backend`` and ``target``.
 
-    ``options`` go to the backend (ONNX Runtime: ``providers``, ``optimization``).
+    ``options`` go to the backend (ONNX Runtime: ``providers``, ``optimization``). ONNX
+    Runtime runs ``ai.sparc`` ops lowered to standard ONNX (decompressed weights).
     """
     check_backend(backend, target)
     unknown = sorted(set(options) - set(BACKEND_OPTIONS[backend]))

@@ -85,8 +85,17 @@ class OrtRunner(Executable):
 
 
 def _make_session(model, options, providers) -> ort.InferenceSession:
+    """A session over a file, or over the IR with ``ai.sparc`` ops lowered to standard ONNX."""
+    from sparc.ops import has_sparc_ops, lower_to_standard
+
     if isinstance(model, (str, os.PathLike)):
-        return ort.InferenceSession(str(model), options, providers=providers)
+        model = Path(model)
+        proto = onnx.load(str(model), load_external_data=False)
+        if not any(op.domain == "ai.sparc" for op in proto.opset_import):
+            return ort.InferenceSession(str(model), options, providers=providers)
+        model = ir.load(model)
+    if has_sparc_ops(model):
+        model = lower_to_standard(model)
     if weight_bytes(model) < PROTOBUF_LIMIT - 2**26:
         data = ir.serde.serialize_model(model).SerializeToString()
         return ort.InferenceSession(data, options, providers=providers)

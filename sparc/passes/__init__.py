@@ -1,17 +1,25 @@
 """Passes over the IR. Each pass lives in its own module and registers under its class name."""
 
 from sparc.passes.base import PASSES, SparcPass, build_pass
+from sparc.passes.block_sparsity import BlockSparsity
 from sparc.passes.channel_crop import ChannelCrop
 from sparc.passes.fold_constants import FoldConstants
+from sparc.passes.fuse_sparse_ops import FuseSparseOps
 from sparc.passes.infer_shapes import InferShapes
+from sparc.passes.nm_sparsity import NMSparsity
 from sparc.passes.pipeline import Pipeline
 from sparc.passes.remove_unused import RemoveUnused
 from sparc.passes.slice_rows_columns import SliceRowsColumns
+from sparc.passes.unstructured_sparsity import UnstructuredSparsity
 
 __all__ = [
     "PASSES",
+    "BlockSparsity",
+    "NMSparsity",
+    "UnstructuredSparsity",
     "ChannelCrop",
     "FoldConstants",
+    "FuseSparseOps",
     "InferShapes",
     "Pipeline",
     "RemoveUnused",

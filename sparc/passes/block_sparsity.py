@@ -1,0 +1,28 @@
+"""BlockSparsity: zero whole rows×cols tiles of W[out, in] (e.g. 16×1), keeping ``density``.
+
+``density`` is one number or a mapping of layer-name patterns to densities (first match wins;
+unmatched selected layers use ``default_density``). See ``sparc.passes.sparsity_base``.
+"""
+
+from __future__ import annotations
+
+from sparc.errors import RecipeError
+from sparc.passes.base import integer, register
+from sparc.passes.sparsity_base import SparsityPass, densities, density_for
+from sparc.sparsity import Pattern
+
+
+@register
+class BlockSparsity(SparsityPass):
+    """Block sparsity with b_r×b_c tiles."""
+
+    def __init__(self, *, block=(16, 1), density=0.5, default_density: float = 1.0, **options):
+        super().__init__(**options)
+        if not isinstance(block, (list, tuple)) or len(block) != 2:
+            raise RecipeError(f"{self.name}: option 'block' must be [rows, cols], got {block!r}")
+        self.block = (integer(self, "block", block[0], low=1), integer(self, "block", block[1], low=1))
+        self.density, self.default_density = densities(self, density, default_density)
+
+    def pattern_for(self, layer) -> Pattern:
+        density = density_for(self, layer)
+        return Pattern("block", density, block=self.block, method=self.method)

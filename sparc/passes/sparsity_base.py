@@ -1,0 +1,143 @@
+"""What the N:M, block and unstructured sparsity passes share: layer selection and methods.
+
+Cases:
+1. Layers: every linear layer (``sparc.analysis.linear``) whose name matches ``targets``
+   (default: all) and no ``skip`` pattern; a layer whose output is a graph output (a
+   classifier or LM head) is left dense unless ``include_outputs``.
+2. ``method="magnitude"``: keep the largest |W|.
+   ``method="wanda"``: keep the largest |W|·‖X_in‖₂ (per input feature, from calibration),
+   compared within each output row for unstructured sparsity (as in the paper).
+   ``method="sparsegpt"``: OBS reconstruction with H = XᵀX (``sparc.sparsegpt``); the damping
+   it needed is reported.
+3. The mask is applied to the weight, and the node records the pattern in its
+   ``sparc.sparsity`` annotation. Weights shared with other layers are copied first.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import numpy as np
+import onnx_ir as ir
+
+from sparc import sparsegpt
+from sparc.analysis.linear import LinearLayer, find_linear_layers
+from sparc.calibrate import ChannelStats, Gram, collect, token_mask
+from sparc.passes import edit
+from sparc.passes.base import SparcPass, choice, integer, number, patterns
+from sparc.sparsity import Pattern, annotate, select_mask
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+class SparsityPass(SparcPass):
+    """Base of the fine-grained sparsity passes; subclasses define ``pattern_for``."""
+
+    lossless = False
+
+    def __init__(
+        self,
+        *,
+        method: str = "magnitude",
+        targets=None,
+        skip=None,
+        include_outputs: bool = False,
+        damping: float = 0.01,
+        blocksize: int = 128,
+        **common,
+    ):
+        super().__init__(**common)
+        self.method = choice(self, "method", method, set(METHODS))
+        self.targets = patterns(self, "targets", targets)
+        self.skip = patterns(self, "skip", skip)
+        self.include_outputs = bool(include_outputs)
+        self.damping = number(self, "damping", damping, low=0.0)
+        self.blocksize = integer(self, "blocksize", blocksize, low=1)
+
+    @property
+    def needs_calibration(self) -> bool:  # type: ignore[override]
+        return self.method != "magnitude"
+
+    def pattern_for(self, layer: LinearLayer) -> Pattern:
+        raise NotImplementedError
+
+    def selected(self, layers: list[LinearLayer]) -> list[LinearLayer]:
+        """Layers the pass sparsifies (case 1 of the module docstring)."""
+        chosen = []
+        for layer in layers:
+            if self.targets and not any(fnmatch.fnmatch(layer.name, p) for p in self.targets):
+                continue
+            if any(fnmatch.fnmatch(layer.name, p) for p in self.skip):
+                continue
+            if layer.output.is_graph_output() and not self.include_outputs:
+                continue
+            chosen.append(layer)
+        return chosen
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        layers = self.selected(find_linear_layers(model.graph))
+        if not layers:
+            self.details["layers"] = 0
+            return ir.passes.PassResult(model, modified=False)
+        stats = self._input_statistics(model, layers)
+        updates = []
+        for layer in layers:
+            pattern = self.pattern_for(layer)
+            updates.append((layer, self._sparsify(layer, pattern, stats.get(layer.input.name)), pattern))
+        kept = total = 0
+        for layer, weight, pattern in updates:  # all masks computed: now mutate
+            edit.set_weight(model.graph, layer, weight.T)
+            annotate(layer.node, pattern)
+            kept += int(np.count_nonzero(weight))
+            total += weight.size
+        self.details.update({"layers": len(updates), "density": round(kept / max(total, 1), 4),
+                             "pattern": updates[0][2].describe(), "method": self.method})
+        if self.method == "sparsegpt":
+            raised = {name: f.damping for name, f in stats.items() if f.damping > self.damping}
+            self.details["damping_raised"] = raised or "none"
+        return ir.passes.PassResult(model, modified=True)
+
+    def _input_statistics(self, model, layers) -> dict:
+        if self.method == "magnitude":
+            return {}
+        mask = token_mask(model)
+        reducers = {}
+        for layer in layers:
+            if layer.input.name not in reducers:
+                reducers[layer.input.name] = Gram(mask) if self.method == "sparsegpt" else ChannelStats(mask)
+        collect(model, reducers, self.calibration, threads=self.threads, description=self.name)
+        if self.method == "sparsegpt":  # one factorization per distinct input
+            return {
+                name: sparsegpt.factor(g.matrix / max(g.rows, 1), self.damping)
+                for name, g in reducers.items()
+            }
+        return reducers
+
+    def _sparsify(self, layer: LinearLayer, pattern: Pattern, stats) -> np.ndarray:
+        """The new W[out, in] of ``layer``."""
+        weight = layer.weight_kn().T.astype(np.float64)
+        if self.method == "sparsegpt":
+            return sparsegpt.prune(weight, stats, pattern, blocksize=self.blocksize)
+        scores = np.abs(weight)
+        if self.method == "wanda":
+            scores = scores * stats.l2[None, :]
+        mask = select_mask(scores, pattern, per_row=self.method == "wanda")
+        return np.where(mask, weight, 0.0)
+
+
+def densities(owner, density, default_density):
+    """Validate a density (0 < d ≤ 1) or a mapping of name patterns to densities."""
+    default = number(owner, "default_density", default_density, low=0.0, high=1.0, open_low=True)
+    if isinstance(density, dict):
+        return {str(k): number(owner, f"density[{k}]", v, low=0.0, high=1.0, open_low=True) for k, v in density.items()}, default
+    return number(owner, "density", density, low=0.0, high=1.0, open_low=True), default
+
+
+def density_for(owner, layer: LinearLayer) -> float:
+    """The density for ``layer``: the first matching pattern's, else the default."""
+    if not isinstance(owner.density, dict):
+        return owner.density
+    for pattern, value in owner.density.items():
+        if fnmatch.fnmatch(layer.name, pattern):
+            return value
+    return owner.default_density

@@ -1,0 +1,175 @@
+"""FuseSparseOps, the ai.sparc SparseLinear op (formats, numpy reference, lowering) and export."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+import torch
+from tiny_models import seeded
+from torch import nn
+
+import sparc
+from sparc.backends.onnxruntime import OrtRunner
+from sparc.capture import capture_torch
+from sparc.cli import main
+from sparc.ir_utils import copy_model
+from sparc.ops import formats, has_sparc_ops, lower_to_standard, sparse_linear
+from sparc.passes import BlockSparsity, FuseSparseOps, NMSparsity, UnstructuredSparsity
+from sparc.sparsity import ANNOTATION_KEY
+
+
+class Epilogues(nn.Module):
+    """Five linear layers, each followed by a different epilogue."""
+
+    def __init__(self, width=32):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(5))
+
+    def forward(self, x):
+        x = torch.nn.functional.silu(self.layers[0](x))
+        x = torch.nn.functional.gelu(self.layers[1](x), approximate="tanh")
+        x = torch.relu(self.layers[2](x))
+        x = torch.sigmoid(self.layers[3](x))
+        return self.layers[4](x)
+
+
+class SharedIntermediate(nn.Module):
+    """The linear output is read by the activation and by the residual add."""
+
+    def __init__(self, width=32):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, x):
+        y = self.fc(x)
+        return self.head(torch.relu(y) + y)
+
+
+def _capture(module, x):
+    return capture_torch(module, (torch.from_numpy(x),), None)
+
+
+def _run(model, x):
+    return OrtRunner(model).run({model.graph.inputs[0].name: x})[model.graph.outputs[0].name]
+
+
+def _evaluate_reference(model, x):
+    """The model's output computed only from SparseLinear's numpy reference (a chain)."""
+    values = {model.graph.inputs[0].name: x}
+    for node in model.graph:
+        assert sparse_linear.is_sparse_linear(node), node.op_type
+        bias = node.inputs[4].const_value.numpy() if node.inputs[4] is not None else None
+        attrs = sparse_linear.attributes(node)
+        values[node.outputs[0].name] = sparse_linear.reference(
+            values[node.inputs[0].name], sparse_linear.node_weight(node), bias, attrs["activation"]
+        )
+    return values[model.graph.outputs[0].name]
+
+
+SPARSIFIERS = {
+    "2:4": lambda: NMSparsity(n=2, m=4, include_outputs=True),
+    "3:8": lambda: NMSparsity(n=3, m=8, include_outputs=True),
+    "8x2-blocks": lambda: BlockSparsity(block=(8, 2), density=0.4, include_outputs=True),
+    "unstructured": lambda: UnstructuredSparsity(density=0.3, include_outputs=True),
+}
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+@pytest.mark.parametrize("kind", SPARSIFIERS)
+def test_fused_reference_equals_the_unfused_subgraph(kind, rank):
+    x = np.random.default_rng(0).normal(size=(4, 32) if rank == 2 else (2, 3, 32)).astype(np.float32)
+    model = _capture(seeded(Epilogues), x)
+    SPARSIFIERS[kind]()(model)
+    unfused = _run(model, x)
+    fuse = FuseSparseOps()
+    fuse(model)
+    assert fuse.details["fused"] == 5
+    activations = [sparse_linear.attributes(n)["activation"] for n in model.graph]
+    assert activations == ["silu", "gelu_tanh", "relu", "sigmoid", "none"]
+    np.testing.assert_allclose(_evaluate_reference(model, x), unfused, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_run(model, x), unfused, rtol=1e-4, atol=1e-5)  # lowered in ORT
+
+
+def test_fusion_stops_before_an_intermediate_with_other_readers():
+    x = np.random.default_rng(0).normal(size=(4, 32)).astype(np.float32)
+    model = _capture(seeded(SharedIntermediate), x)
+    NMSparsity(include_outputs=True)(model)
+    expected = _run(model, x)
+    FuseSparseOps()(model)
+    ops = [n.op_type for n in model.graph]
+    assert ops.count("SparseLinear") == 2 and "Relu" in ops  # the shared output keeps its readers
+    fused_fc = next(n for n in model.graph if n.op_type == "SparseLinear")
+    assert sparse_linear.attributes(fused_fc)["activation"] == "none"
+    np.testing.assert_allclose(_run(model, x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_layers_whose_weight_breaks_the_annotation_are_refused():
+    x = np.random.default_rng(0).normal(size=(4, 32)).astype(np.float32)
+    model = _capture(seeded(SharedIntermediate), x)
+    NMSparsity(include_outputs=True)(model)
+    fc = next(n for n in model.graph if ANNOTATION_KEY in n.metadata_props)
+    weight = fc.inputs[1].const_value.numpy().copy()
+    weight[:] = 1.0
+    fc.inputs[1].const_value = ir.tensor(weight)
+    fuse = FuseSparseOps()
+    fuse(model)
+    assert fuse.details["fused"] == 1 and "non-zeros" in fuse.details["refused"][0]
+
+
+@pytest.mark.parametrize("shape", [(16, 32), (20, 30)])
+def test_formats_round_trip(shape):
+    rng = np.random.default_rng(2)
+    weight = rng.normal(size=shape).astype(np.float32)
+    nm = np.where(np.argsort(rng.random(weight.shape).reshape(shape[0], -1, 2), axis=2) < 1, 1, 0).reshape(shape)
+    for fmt, sparse, extra in [
+        ("csr", weight * (rng.random(shape) < 0.2), {}),
+        ("bsr", weight * np.repeat(rng.random((shape[0] // 4 + 1, shape[1])) < 0.3, 4, axis=0)[: shape[0]],
+         {"blocksize": (4, 1)}),
+        ("nm", weight * nm, {"n": 1, "m": 2}),
+    ]:
+        tensors = sparse_linear.compress(sparse, fmt, **extra)
+        np.testing.assert_array_equal(sparse_linear.dense_weight(fmt, shape, tensors, **extra), sparse)
+    with pytest.raises(sparc.SparcError, match="not 1:4"):
+        formats.compress_nm(weight, 1, 4)
+
+
+def test_minilm_standard_export_equals_the_annotated_model(minilm_ir, minilm_batches, tmp_path):
+    """2:4 + fusion on MiniLM: the standard file is plain ONNX, the sparc file is smaller."""
+    compiled = sparc.compile(
+        copy_model(minilm_ir), recipe=[NMSparsity(), FuseSparseOps()], calibration=minilm_batches, latency_rounds=0
+    )
+    assert compiled.report.passes[1].details["fused"] == 36
+    annotated = compiled.report.passes[0]
+    standard = compiled.export(tmp_path / "standard.onnx")
+    packed = compiled.export(tmp_path / "sparc.onnx", format="sparc")
+    proto = onnx.load(standard)
+    assert {op.domain for op in proto.opset_import} <= {"", "ai.onnx"}
+    assert sum(ANNOTATION_KEY in {p.key for p in n.metadata_props} for n in proto.graph.node) == 36
+    assert packed.stat().st_size < 0.85 * standard.stat().st_size
+    batch = minilm_batches[0]
+    session = ort.InferenceSession(str(standard))
+    np.testing.assert_allclose(session.run(None, batch)[0], compiled(batch), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sparc.load(packed)(batch), compiled(batch), rtol=1e-5, atol=1e-5)
+    assert annotated.stats.nonzero_params == compiled.report.passes[1].stats.nonzero_params
+    assert not has_sparc_ops(lower_to_standard(compiled.model))
+
+
+def test_inspect_shows_patterns_and_flags_violations(minilm_ir, tmp_path, capsys):
+    model = copy_model(minilm_ir)
+    BlockSparsity(density=0.5)(model)
+    path = tmp_path / "blocks.onnx"
+    ir.save(model, path)
+    assert main(["inspect", str(path)]) == 0
+    assert capsys.readouterr().out.count("16x1 blocks, density 0.50 (magnitude) ✓ holds") == 36
+    layer = next(n for n in model.graph if ANNOTATION_KEY in n.metadata_props)
+    weight = layer.inputs[1].const_value.numpy().copy()
+    weight[0, :16] = 0.0  # weight is [in, out]: input 0's first 16-output tile keeps one entry
+    weight[0, 0] = 1.0
+    layer.inputs[1].const_value = ir.tensor(weight)
+    ir.save(model, path)
+    assert main(["inspect", str(path)]) == 1
+    assert "do not satisfy their sparsity annotation" in capsys.readouterr().out

@@ -1,0 +1,180 @@
+"""N:M, block and unstructured sparsity: exact patterns, mask quality, robust SparseGPT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sparc
+from sparc import sparsegpt
+from sparc.analysis.linear import find_linear_layers
+from sparc.calibrate import as_calibration, exposing, run_batches
+from sparc.errors import PassError, RecipeError, SparcError
+from sparc.ir_utils import copy_model
+from sparc.passes import BlockSparsity, NMSparsity, UnstructuredSparsity
+from sparc.sparsity import ANNOTATION_KEY, Pattern, annotation, select_mask, verify
+
+PATTERNS = [
+    Pattern("nm", 0.5, 2, 4),
+    Pattern("nm", 0.25, 1, 4),
+    Pattern("nm", 0.5, 4, 8),
+    Pattern("nm", 0.1875, 3, 16),
+    Pattern("block", 0.5, block=(16, 1)),
+    Pattern("block", 0.3, block=(4, 4)),
+    Pattern("block", 0.1, block=(8, 2)),
+    Pattern("unstructured", 0.5),
+    Pattern("unstructured", 0.05),
+]
+
+
+def _nonzeros_per_group(weight, m):
+    rows, cols = weight.shape
+    padded = np.zeros((rows, -(-cols // m) * m), bool)
+    padded[:, :cols] = weight != 0
+    return padded.reshape(rows, -1, m).sum(axis=2)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.describe())
+@pytest.mark.parametrize("shape", [(64, 48), (37, 21)])
+def test_masks_satisfy_their_pattern_exactly(pattern, shape):
+    scores = np.random.default_rng(0).random(shape)
+    mask = select_mask(scores, pattern)
+    assert mask.shape == shape
+    weight = np.where(mask, scores, 0.0)
+    assert verify(weight, pattern)[0]
+    if pattern.kind == "nm":  # every full group keeps exactly n; a ragged last group at most n
+        counts = _nonzeros_per_group(weight, pattern.m)
+        full = shape[1] // pattern.m
+        assert (counts[:, :full] == pattern.n).all() and (counts <= pattern.n).all()
+    elif pattern.kind == "block":
+        br, bc = pattern.block
+        rows, cols = shape[0] // br * br, shape[1] // bc * bc
+        tiles = mask[:rows, :cols].reshape(rows // br, br, cols // bc, bc).sum(axis=(1, 3))
+        assert set(np.unique(tiles)) <= {0, br * bc}
+    else:
+        assert mask.sum() == round(pattern.density * mask.size)
+
+
+def test_verify_rejects_broken_patterns():
+    weight = np.ones((8, 8))
+    assert not verify(weight, Pattern("nm", 0.5, 2, 4))[0]
+    assert not verify(weight, Pattern("unstructured", 0.5))[0]
+    weight[0, 0] = 0.0  # one tile partly zero
+    assert not verify(weight, Pattern("block", 0.5, block=(4, 1)))[0]
+
+
+def test_annotation_round_trips_and_rejects_garbage():
+    pattern = Pattern("block", 0.3, block=(16, 1), method="wanda")
+    assert Pattern.from_json(pattern.to_json()) == pattern
+    with pytest.raises(SparcError, match="malformed"):
+        Pattern.from_json("{not json")
+    with pytest.raises(SparcError, match="unknown kind"):
+        Pattern.from_json('{"kind": "diagonal", "density": 0.5}')
+
+
+# -- mask quality on a real layer --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_layer(minilm_ir, minilm_batches):
+    """MiniLM layer 0's FFN up-projection (384→1536) and its real inputs X [rows, 384]."""
+    layer = next(layer for layer in find_linear_layers(minilm_ir.graph) if "0.intermediate" in layer.name)
+    outputs = run_batches(exposing(minilm_ir, [layer.input.name]), as_calibration(minilm_batches, minilm_ir))
+    x = np.concatenate([o[0].reshape(-1, layer.in_features) for o in outputs]).astype(np.float64)
+    return layer.weight_kn().T.astype(np.float64), x
+
+
+def _prune(method, weight, x, pattern):
+    if method == "sparsegpt":
+        return sparsegpt.prune(weight, sparsegpt.factor(x.T @ x / len(x)), pattern)
+    scores = np.abs(weight)
+    if method == "wanda":
+        scores = scores * np.linalg.norm(x, axis=0)[None, :]
+    return np.where(select_mask(scores, pattern, per_row=method == "wanda"), weight, 0.0)
+
+
+@pytest.mark.parametrize(
+    "pattern", [Pattern("nm", 0.5, 2, 4), Pattern("unstructured", 0.5), Pattern("block", 0.5, block=(16, 1))],
+    ids=lambda p: p.describe(),
+)
+def test_wanda_and_sparsegpt_beat_magnitude_on_reconstruction(real_layer, pattern):
+    """‖X·(W' − W)ᵀ‖² on real MiniLM activations: magnitude > Wanda > SparseGPT."""
+    weight, x = real_layer
+    errors = {}
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        pruned = _prune(method, weight, x, pattern)
+        assert verify(pruned, pattern)[0]
+        errors[method] = float(np.sum((x @ (pruned - weight).T) ** 2))
+    assert errors["wanda"] < 0.95 * errors["magnitude"], errors
+    assert errors["sparsegpt"] < 0.8 * errors["wanda"], errors
+
+
+def test_sparsegpt_survives_a_rank_deficient_hessian():
+    """Duplicated, dead and collinear inputs make XᵀX singular; no damping at all is asked."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(64, 8))
+    x = np.concatenate([base, base, base[:, :4] * 3.0, np.zeros((64, 4))], axis=1)  # rank 8 of 24
+    weight = rng.normal(size=(16, 24))
+    factor = sparsegpt.factor(x.T @ x, damping=0.0)
+    assert factor.damping > 0 and factor.retries >= 1
+    for pattern in (Pattern("nm", 0.5, 2, 4), Pattern("unstructured", 0.4), Pattern("block", 0.5, block=(4, 1))):
+        pruned = sparsegpt.prune(weight, factor, pattern, blocksize=8)
+        assert np.isfinite(pruned).all() and verify(pruned, pattern)[0]
+        assert not pruned[:, 20:].any()  # dead inputs are pruned outright
+        error = np.sum((x @ (pruned - weight).T) ** 2)
+        magnitude = np.where(select_mask(np.abs(weight), pattern), weight, 0.0)
+        assert error < np.sum((x @ (magnitude - weight).T) ** 2)
+
+
+# -- the passes on the real model ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: NMSparsity(n=2, m=4, method="wanda"),
+        lambda: BlockSparsity(block=(16, 1), density=0.3, method="sparsegpt"),
+        lambda: UnstructuredSparsity(density={"*intermediate*": 0.3}, default_density=0.6, method="magnitude"),
+    ],
+    ids=["2:4-wanda", "16x1-sparsegpt", "unstructured-per-layer"],
+)
+def test_passes_annotate_every_selected_layer_of_minilm(minilm_ir, minilm_batches, make):
+    model = copy_model(minilm_ir)
+    compiled = sparc.compile(model, recipe=[make()], calibration=minilm_batches, latency_rounds=0)
+    layers = find_linear_layers(compiled.model.graph)
+    annotated = [layer for layer in layers if annotation(layer.node) is not None]
+    assert len(annotated) == 36  # 6 layers × (q, k, v, out, up, down); the pooler-free head is none
+    for layer in annotated:
+        pattern = annotation(layer.node)
+        holds, density, _ = verify(layer.weight_kn().T, pattern)
+        assert holds
+        if pattern.kind == "unstructured":
+            assert density == pytest.approx(0.3 if "intermediate" in layer.name else 0.6, abs=1e-3)
+    entry = compiled.report.passes[0]
+    assert 0 < entry.error.max_rel < 1.5
+
+
+def test_targets_and_skip_select_layers(minilm_ir):
+    model = copy_model(minilm_ir)
+    NMSparsity(targets=["*intermediate*", "*output.dense"], skip=["*layer.5.*"])(model)
+    names = [layer.name for layer in find_linear_layers(model.graph) if ANNOTATION_KEY in layer.node.metadata_props]
+    assert len(names) == 15 and not any("layer.5." in n for n in names)
+    assert not any("attention.self" in n for n in names)
+
+
+def test_bad_options_raise_recipe_errors():
+    with pytest.raises(RecipeError, match="n must be smaller than m"):
+        NMSparsity(n=4, m=4)
+    with pytest.raises(RecipeError, match="m"):
+        NMSparsity(n=2, m=32)
+    with pytest.raises(RecipeError, match="method"):
+        UnstructuredSparsity(method="random")
+    with pytest.raises(RecipeError, match="block"):
+        BlockSparsity(block=16)
+    with pytest.raises(RecipeError, match="density"):
+        UnstructuredSparsity(density=1.5)
+
+
+def test_wanda_without_calibration_is_a_clear_error(minilm_ir):
+    with pytest.raises((PassError, SparcError), match="calibration"):
+        sparc.compile(copy_model(minilm_ir), recipe=[NMSparsity(method="wanda")], validate=False, latency_rounds=0)
