@@ -120,6 +120,23 @@ def test_layers_whose_weight_breaks_the_annotation_are_refused():
     assert fuse.details["fused"] == 1 and "non-zeros" in fuse.details["refused"][0]
 
 
+def test_layers_whose_compressed_weight_is_not_smaller_are_left_dense():
+    x = np.random.default_rng(0).normal(size=(4, 32)).astype(np.float32)
+    model = _capture(seeded(Epilogues), x)
+    UnstructuredSparsity(density=0.8, include_outputs=True)(model)  # CSR: 0.8·(4+2) B > 4 B
+    fuse = FuseSparseOps()
+    fuse(model)
+    assert fuse.details["fused"] == 0 and len(fuse.details["refused"]) == 5
+    assert "is not smaller than dense" in fuse.details["refused"][0]
+
+
+def test_compressed_indices_use_the_narrowest_type():
+    weight = np.eye(8, 70_000, dtype=np.float32)
+    assert formats.compress_csr(weight)["indices"].dtype == np.int32
+    assert formats.compress_csr(weight[:, :300])["indices"].dtype == np.uint16
+    assert formats.compress_bsr(weight[:, :300], (4, 1))["indptr"].dtype == np.uint16
+
+
 @pytest.mark.parametrize("shape", [(16, 32), (20, 30)])
 def test_formats_round_trip(shape):
     rng = np.random.default_rng(2)

@@ -1,6 +1,8 @@
 """Compressed weight formats of ``ai.sparc`` ops, for W[out, in] (rows are output features).
 
 - CSR: ``values[nnz]``, ``indices[nnz]`` (column of each value), ``indptr[out + 1]``.
+  Indices use the narrowest integer type that holds them (uint16 below 65,536 columns), so
+  CSR is smaller than the dense weight below about 2/3 density for float32.
 - BSR with (br, bc) blocks: ``values[nnzb, br, bc]``, ``indices[nnzb]`` (block column),
   ``indptr[out/br + 1]``; W is zero-padded to whole blocks, the logical shape kept aside.
 - N:M: ``values[out, groups·n]`` and ``indices[out, groups·n]`` (uint8 position of each value
@@ -22,13 +24,17 @@ def compress_csr(weight: np.ndarray) -> dict[str, np.ndarray]:
     rows, cols = np.nonzero(weight)
     indptr = np.zeros(weight.shape[0] + 1, np.int64)
     np.add.at(indptr, rows + 1, 1)
-    return {"values": weight[rows, cols], "indices": cols.astype(np.int64), "indptr": np.cumsum(indptr)}
+    return {
+        "values": weight[rows, cols],
+        "indices": cols.astype(index_type(weight.shape[1])),
+        "indptr": np.cumsum(indptr).astype(index_type(len(rows))),
+    }
 
 
 def decompress_csr(values, indices, indptr, shape) -> np.ndarray:
     weight = np.zeros(shape, values.dtype)
-    rows = np.repeat(np.arange(shape[0]), np.diff(indptr))
-    weight[rows, indices] = values
+    rows = np.repeat(np.arange(shape[0]), np.diff(indptr.astype(np.int64)))
+    weight[rows, indices.astype(np.int64)] = values
     return weight
 
 
@@ -42,8 +48,8 @@ def compress_bsr(weight: np.ndarray, block: tuple[int, int]) -> dict[str, np.nda
     np.add.at(indptr, block_rows + 1, 1)
     return {
         "values": np.ascontiguousarray(tiles[block_rows, block_cols]),
-        "indices": block_cols.astype(np.int64),
-        "indptr": np.cumsum(indptr),
+        "indices": block_cols.astype(index_type(kept.shape[1])),
+        "indptr": np.cumsum(indptr).astype(index_type(len(block_rows))),
     }
 
 
@@ -51,8 +57,8 @@ def decompress_bsr(values, indices, indptr, shape, block) -> np.ndarray:
     br, bc = block
     rows, cols = math.ceil(shape[0] / br), math.ceil(shape[1] / bc)
     tiles = np.zeros((rows, cols, br, bc), values.dtype)
-    block_rows = np.repeat(np.arange(rows), np.diff(indptr))
-    tiles[block_rows, indices] = values
+    block_rows = np.repeat(np.arange(rows), np.diff(indptr.astype(np.int64)))
+    tiles[block_rows, indices.astype(np.int64)] = values
     return tiles.transpose(0, 2, 1, 3).reshape(rows * br, cols * bc)[: shape[0], : shape[1]]
 
 
@@ -77,6 +83,17 @@ def decompress_nm(values, indices, shape, n: int, m: int) -> np.ndarray:
         dense, indices.reshape(shape[0], groups, n).astype(np.int64), values.reshape(shape[0], groups, n), axis=2
     )
     return dense.reshape(shape[0], -1)[:, : shape[1]]
+
+
+def index_type(largest: int) -> type:
+    """The narrowest integer type holding 0..largest: uint16, int32 or int64."""
+    if largest <= np.iinfo(np.uint16).max:
+        return np.uint16
+    return np.int32 if largest <= np.iinfo(np.int32).max else np.int64
+
+
+def nbytes(tensors: dict[str, np.ndarray]) -> int:
+    return sum(t.nbytes for t in tensors.values())
 
 
 def _pad(weight: np.ndarray, br: int, bc: int) -> np.ndarray:

@@ -9,7 +9,9 @@ Cases:
    Sigmoid and the Mul are y's only readers. An output read by anything else stops the fusion
    before it (the epilogue is not fused).
 The weight is stored compressed in the format the pattern calls for: N:M → ``nm``
-(values + positions), blocks → ``bsr``, unstructured → ``csr``.
+(values + positions), blocks → ``bsr``, unstructured → ``csr``. A layer whose compressed
+weight would not be smaller than its dense weight (CSR above about 2/3 density) is reported
+and left unfused: fusing it would make the model bigger, not smaller.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from sparc.analysis.linear import LinearLayer, find_linear_layers
 from sparc.ir_utils import add_initializer
-from sparc.ops import DOMAIN, DOMAIN_VERSION
+from sparc.ops import DOMAIN, DOMAIN_VERSION, formats
 from sparc.ops import sparse_linear as op
 from sparc.passes.base import SparcPass, register
 from sparc.sparsity import annotation, verify
@@ -44,8 +46,13 @@ class FuseSparseOps(SparcPass):
             if not holds:
                 refused.append(f"{layer.name}: {reason}")
                 continue
+            fmt, tensors = _compressed(weight, pattern)
+            if formats.nbytes(tensors) >= weight.nbytes:
+                refused.append(f"{layer.name}: {fmt} weight ({formats.nbytes(tensors):,} B) is not smaller "
+                               f"than dense ({weight.nbytes:,} B)")
+                continue
             epilogue, activation = _epilogue(layer)
-            _fuse(model.graph, layer, weight, pattern, epilogue, activation)
+            _fuse(model.graph, layer, weight.shape, pattern, fmt, tensors, epilogue, activation)
             fused[f"{pattern.describe()} + {activation}"] += 1
         if fused:
             model.opset_imports[DOMAIN] = DOMAIN_VERSION
@@ -81,14 +88,18 @@ def _epilogue(layer: LinearLayer) -> tuple[list[ir.Node], str]:
     return [], "none"
 
 
-def _fuse(graph, layer: LinearLayer, weight, pattern, epilogue: list[ir.Node], activation: str) -> None:
+def _compressed(weight, pattern) -> tuple[str, dict]:
+    """The format the pattern calls for and W[out, in] compressed in it."""
     fmt = {"nm": "nm", "block": "bsr", "unstructured": "csr"}[pattern.kind]
-    tensors = op.compress(weight, fmt, pattern.block or (1, 1), pattern.n or 0, pattern.m or 0)
+    return fmt, op.compress(weight, fmt, pattern.block or (1, 1), pattern.n or 0, pattern.m or 0)
+
+
+def _fuse(graph, layer: LinearLayer, shape, pattern, fmt, tensors, epilogue: list[ir.Node], activation: str) -> None:
     inputs = [layer.input]
     for key in ("values", "indices", "indptr"):
         inputs.append(add_initializer(graph, f"{layer.name}.{key}", tensors[key]) if key in tensors else None)
     inputs.append(layer.bias)
-    attributes = {"format": fmt, "shape": list(weight.shape), "activation": activation}
+    attributes = {"format": fmt, "shape": list(shape), "activation": activation}
     if fmt == "bsr":
         attributes["blocksize"] = list(pattern.block)
     if fmt == "nm":
