@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from sparc.report import Latency, Report
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("standard", "sparc")
+TVM_TOLERANCE = 1e-3  # max |TVM - ORT| relative to the output scale (float32 reassociation)
+FALLBACK_RATIO = 1.05  # TVM slower than this × the original in ORT: run in ORT instead
 
 
 class CompiledModel:
@@ -88,6 +91,18 @@ class CompiledModel:
         standard = format == "standard" and has_sparc_ops(self.model)
         return export_onnx(lower_to_standard(self.model) if standard else self.model, path)
 
+    def export_library(self, path: str | os.PathLike, shapes: Mapping[str, tuple[int, ...]], *,
+                       target: str = "cpu", threads: int | None = None) -> Path:
+        """Compile the model with TVM for input ``shapes`` and write a shared library
+        (``target`` ``cpu`` for this machine, ``aarch64`` cross-compiled), run by
+        ``sparc.backends.tvm.load_library`` on a machine of that kind."""
+        from sparc.backends.tvm import TARGETS, export_library
+
+        if target not in TARGETS:
+            raise BackendError(f"unknown library target {target!r}; choose from {list(TARGETS)}")
+        return export_library(self.model, path, {k: tuple(v) for k, v in shapes.items()}, target=target,
+                              threads=threads)
+
 
 def compile(
     model,
@@ -138,7 +153,10 @@ def compile(
         passes=result.entries,
         validation=how if validate else "disabled",
     )
-    if validate and valid is not None and latency_rounds > 0:
+    if backend == "tvm" and data is not None:
+        runner = _tvm_checked(runner, result.model, original, data.batches[0], report, threads,
+                              latency_rounds if validate else 0, dict(backend_options or {}))
+    elif validate and valid is not None and latency_rounds > 0:
         report.latency = _latency(original, runner, valid.batches[0], threads, latency_rounds)
     return CompiledModel(
         result.model, runner, backend=backend, target=target, report=report, original=original
@@ -181,6 +199,48 @@ def _example_feeds(ir_model, example_inputs, source):
     return check_feeds(feeds, ir_model, "example inputs")
 
 
+def _tvm_checked(runner, model, original, feeds, report, threads, rounds, options):
+    """Compile TVM for the validation shapes, check its outputs against ONNX Runtime, time it.
+
+    The promise that nothing gets slower: when the TVM model is measured slower than the
+    original in ONNX Runtime (ratio above ``FALLBACK_RATIO``) and ``fallback`` (default) is on,
+    the compiled model runs in ONNX Runtime instead and the report says so.
+    """
+    from sparc.backends.onnxruntime import OrtRunner
+
+    start = time.perf_counter()
+    runner.prepare({k: np.asarray(v).shape for k, v in feeds.items()})
+    report.notes.append(f"TVM compile for {_shapes(feeds)}: {time.perf_counter() - start:.1f} s")
+    report.notes += [f"TVM layout {line}" for line in runner.layout_summary()]
+    reference = OrtRunner(model, threads=threads).run(feeds)
+    ours = runner.run(feeds)
+    worst = max(_relative_error(ours[k], reference[k]) for k in reference)
+    report.notes.append(f"TVM vs ONNX Runtime outputs: max relative error {worst:.2e}")
+    if worst > TVM_TOLERANCE:
+        raise BackendError(f"the TVM build disagrees with ONNX Runtime (max relative error {worst:.2e})")
+    if rounds <= 0:
+        return runner
+    report.latency = _latency(original, runner, feeds, threads, rounds)
+    if report.latency.ratio > FALLBACK_RATIO and options.get("fallback", True):
+        report.notes.append(
+            f"TVM was slower than the original in ONNX Runtime (ratio {report.latency.ratio:.2f}): "
+            "the compiled model runs in ONNX Runtime instead (backend option fallback=False keeps TVM)"
+        )
+        runner = OrtRunner(model, threads=threads)
+        report.backend = "onnxruntime (fallback from tvm)"
+        report.latency = _latency(original, runner, feeds, threads, rounds)
+    return runner
+
+
+def _relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
+    scale = max(float(np.abs(reference).max(initial=0.0)), 1e-12)
+    return float(np.abs(ours.astype(np.float64) - reference).max(initial=0.0)) / scale
+
+
+def _shapes(feeds) -> str:
+    return ", ".join(f"{k}{list(np.asarray(v).shape)}" for k, v in feeds.items())
+
+
 def _latency(original: ir.Model, runner, feeds, threads, rounds) -> Latency:
     from sparc.backends.onnxruntime import OrtRunner
 
@@ -191,7 +251,7 @@ def _latency(original: ir.Model, runner, feeds, threads, rounds) -> Latency:
         warmup=2,
         threads=threads,
     )
-    shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
+    shapes = _shapes(feeds)
     return Latency(
         original_ms=result.timings["original"].median_ms,
         compiled_ms=result.timings["compiled"].median_ms,

@@ -9,8 +9,11 @@ import onnx_ir as ir
 
 from sparc.errors import BackendError
 
-BACKENDS: dict[str, tuple[str, ...]] = {"onnxruntime": ("cpu",)}
-BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {"onnxruntime": ("providers", "optimization")}
+BACKENDS: dict[str, tuple[str, ...]] = {"onnxruntime": ("cpu",), "tvm": ("cpu",)}
+BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("providers", "optimization"),
+    "tvm": ("choose_layouts", "fallback"),
+}
 
 
 def check_backend(backend: str, target: str) -> None:
@@ -38,8 +41,9 @@ def prepare(
 ) -> Executable:
     """Build the runnable form of ``model`` for ``backend`` and ``target``.
 
-    ``options`` go to the backend (ONNX Runtime: ``providers``, ``optimization``). ONNX
-    Runtime runs ``ai.sparc`` ops lowered to standard ONNX (decompressed weights).
+    ``options`` go to the backend (ONNX Runtime: ``providers``, ``optimization``; TVM:
+    ``choose_layouts``, ``fallback`` (used by ``sparc.compile``)). ONNX Runtime runs
+    ``ai.sparc`` ops lowered to standard ONNX (decompressed weights); TVM runs sparc's kernels.
     """
     check_backend(backend, target)
     unknown = sorted(set(options) - set(BACKEND_OPTIONS[backend]))
@@ -47,6 +51,11 @@ def prepare(
         raise BackendError(
             f"backend {backend!r} has no option(s) {unknown}; it accepts {list(BACKEND_OPTIONS[backend])}"
         )
+    if backend == "tvm":
+        from sparc.backends.tvm import TvmRunner
+
+        options.pop("fallback", None)
+        return TvmRunner(model, threads=threads, **options)
     from sparc.backends.onnxruntime import OrtRunner
 
     return OrtRunner(model, threads=threads, **options)

@@ -1,0 +1,143 @@
+"""Per-layer choice of weight layout: time each candidate kernel here, keep the fastest.
+
+Candidates for W[N, K]: ``dense`` always; ``bsr`` br×1 for br in 16, 8, 4 (br | N) when at most
+70% of those blocks hold a non-zero, ``bsr`` 1×1 (CSR) at most 5% density (CSR kernels lose to
+dense above that on CPUs); ``nm`` 2:4 / 4:8 when W satisfies it. Each candidate kernel is
+compiled alone and timed on random X of the layer's real row count (median of repeats).
+A kernel's time depends on the layer's shape, rows, epilogue and the fraction of blocks
+stored, not on where the blocks are, so timings are cached in ``$SPARC_CACHE/tvm-layouts.json``
+under (kernel version, target, threads, shape, rows, activation, layout, stored fraction to
+1%): the layers of a model that look alike are timed once, and recompiling measures nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tvm
+
+from sparc.backends.tvm.kernels import VERSION, Layout, linear_kernel, pack
+from sparc.files import write_atomic
+
+BLOCK_ROWS = (16, 8, 4)
+MAX_BLOCK_DENSITY = 0.7
+MAX_CSR_DENSITY = 0.05
+NM_PATTERNS = ((2, 4), (4, 8))
+HEURISTIC_BLOCK_DENSITY = 0.5
+
+
+@dataclass
+class Choice:
+    """The layout kept for one layer and what every candidate measured (ms)."""
+
+    shape: tuple[int, int]
+    rows: int
+    layout: Layout
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        times = ", ".join(f"{k} {v:.3f}" for k, v in self.timings_ms.items())
+        return f"{self.shape[0]}x{self.shape[1]} rows {self.rows}: {self.layout.describe()} ({times} ms)"
+
+
+def candidates(weight_nk: np.ndarray) -> list[Layout]:
+    """The layouts worth timing for W[N, K] (see the module docstring)."""
+    nonzero = weight_nk != 0
+    found = [Layout("dense")]
+    n_out = weight_nk.shape[0]
+    for br in BLOCK_ROWS:
+        layout = Layout("bsr", (br, 1))
+        if n_out % br == 0 and stored_fraction(weight_nk, layout) <= MAX_BLOCK_DENSITY:
+            found.append(layout)
+    if nonzero.mean() <= MAX_CSR_DENSITY:
+        found.append(Layout("bsr", (1, 1)))
+    for n, m in NM_PATTERNS:
+        if _is_nm(nonzero, n, m):
+            found.append(Layout("nm", n=n, m=m))
+            break
+    return found
+
+
+def choose_layout(weight_nk, rows: int, activation: str, target, *, threads: int, mode: str = "measure") -> Choice:
+    """The layout for this layer. ``mode``: ``measure`` (fastest candidate here), ``heuristic``
+    (for a machine we cannot run on: the largest br×1 block layout storing at most
+    ``HEURISTIC_BLOCK_DENSITY`` of the blocks, else dense), ``dense``."""
+    shape = tuple(weight_nk.shape)
+    options = candidates(weight_nk)
+    if mode == "heuristic":
+        return Choice(shape, rows, _heuristic(weight_nk, options))
+    if mode == "dense" or len(options) == 1:
+        return Choice(shape, rows, Layout("dense"))
+    cache = _load_cache()
+    timings = {}
+    for layout in options:
+        key = _cache_key(weight_nk, rows, activation, layout, target, threads)
+        if key not in cache:
+            cache[key] = _time(weight_nk, rows, layout, activation, target)
+            _save_cache(cache)
+        timings[layout.describe()] = cache[key]
+    best = min(options, key=lambda layout: timings[layout.describe()])
+    return Choice(shape, rows, best, timings)
+
+
+def _heuristic(weight_nk, options: list[Layout]) -> Layout:
+    for layout in options:
+        if layout.format == "bsr" and layout.block[0] > 1 and stored_fraction(weight_nk, layout) <= HEURISTIC_BLOCK_DENSITY:
+            return layout
+    return Layout("dense")
+
+
+def _time(weight_nk, rows: int, layout: Layout, activation: str, target) -> float:
+    tensors = pack(weight_nk, layout)
+    func = linear_kernel(rows, weight_nk.shape[1], weight_nk.shape[0], layout, tensors, activation)
+    library = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    out_cols = tensors[0].shape[0] * 16 if layout.format == "dense" else weight_nk.shape[0]
+    device = tvm.cpu()
+    rng = np.random.default_rng(0)
+    args = [rng.normal(size=(rows, weight_nk.shape[1])).astype(np.float32), *tensors,
+            np.zeros(out_cols, np.float32), np.zeros((rows, out_cols), np.float32)]
+    timer = library.mod.time_evaluator("main", device, number=10, repeat=7, min_repeat_ms=20)
+    return float(np.median(timer(*[tvm.runtime.tensor(a, device) for a in args]).results)) * 1e3
+
+
+def _is_nm(nonzero: np.ndarray, n: int, m: int) -> bool:
+    if nonzero.shape[1] % m:
+        return False
+    return bool(nonzero.reshape(nonzero.shape[0], -1, m).sum(axis=2).max(initial=0) <= n)
+
+
+def stored_fraction(weight_nk: np.ndarray, layout: Layout) -> float:
+    """The fraction of W a layout stores (blocks holding a non-zero, or n/m)."""
+    if layout.format == "dense":
+        return 1.0
+    if layout.format == "nm":
+        return layout.n / layout.m
+    br = layout.block[0]
+    return float((weight_nk != 0).reshape(weight_nk.shape[0] // br, br, -1).any(axis=1).mean())
+
+
+def _cache_key(weight_nk, rows, activation, layout, target, threads) -> str:
+    fill = round(stored_fraction(weight_nk, layout), 2)
+    return (f"v{VERSION}|{target}|t{threads}|{weight_nk.shape}|rows{rows}|{activation}|"
+            f"{layout.describe()}|fill{fill}")
+
+
+def _cache_path() -> Path:
+    return Path(os.environ.get("SPARC_CACHE", Path.home() / ".cache" / "sparc")) / "tvm-layouts.json"
+
+
+def _load_cache() -> dict:
+    try:
+        return json.loads(_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_cache(cache: dict) -> None:
+    path = _cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(cache, indent=1))

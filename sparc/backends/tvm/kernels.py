@@ -1,0 +1,239 @@
+"""CPU kernels for linear layers with a constant weight, written in TVMScript (TVM 0.27).
+
+Every kernel computes Y[M, N] = act(X[M, K] · Wᵀ + b) for W[N, K] stored in one of:
+
+- ``dense``: panels ``V[N/16, K, 16]`` (16 output rows side by side per input column).
+- ``bsr`` with br×bc blocks (br | N): ``values[nnzb, br, bc]``, ``indices[nnzb]`` (block
+  column), ``indptr[N/br + 1]``; the last block column may overhang K (guarded loads).
+- ``nm``: ``values[N, G·n]`` and ``positions[N, G·n]`` (place inside each group of m inputs),
+  G = ceil(K / m).
+
+Schedule (written into the loops, no tuning): output row panels run in parallel; inside,
+``ROWS`` rows of X at a time keep a ROWS×br accumulator tile in registers while the panel's
+stored columns stream by (for each stored column: one vector load of weights, ROWS broadcast
+FMAs, vectorized over the panel's br rows); the epilogue (bias, activation) is applied when
+the tile is written. Rows left over after the last full tile use a one-row tile.
+Activations use polynomial exp/erf (no libm calls), so epilogues vectorize too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from tvm.script import tirx as T
+
+from sparc.ops import formats
+
+VERSION = 1  # bump when kernels change: cached layout timings are keyed by it
+ROWS = 4  # rows of X per register tile
+PANEL = 16  # output rows per dense panel
+
+
+def fast_exp(x):
+    """e^x in float32 without libm (so LLVM vectorizes it): x·log2(e) = n + f, |f| ≤ 1/2,
+    2^f by its degree-6 Taylor polynomial (relative error < 2e-7), 2^n built in the exponent
+    bits. Inputs are clamped to ±87.3 (results stay normal floats)."""
+    x = T.max(T.min(x, T.float32(87.3)), T.float32(-87.3))
+    t = x * T.float32(1.4426950408889634)
+    n = T.floor(t + T.float32(0.5))
+    f = (t - n) * T.float32(0.6931471805599453)
+    p = T.float32(1 / 720)
+    for c in (1 / 120, 1 / 24, 1 / 6, 1 / 2, 1.0, 1.0):
+        p = p * f + T.float32(c)
+    return p * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
+
+
+def fast_erf(x):
+    """erf by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7) with :func:`fast_exp`."""
+    a = T.fabs(x)
+    t = T.float32(1) / (T.float32(1) + T.float32(0.3275911) * a)
+    p = T.float32(1.061405429)
+    for c in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        p = p * t + T.float32(c)
+    y = T.float32(1) - p * t * fast_exp(-a * a)
+    return T.if_then_else(x < T.float32(0), -y, y)
+
+
+def fast_sigmoid(x):
+    return T.float32(1) / (T.float32(1) + fast_exp(-x))
+
+
+ACTIVATIONS = {
+    "none": lambda x: x,
+    "relu": lambda x: T.max(x, T.float32(0)),
+    "gelu": lambda x: T.float32(0.5) * x * (T.float32(1) + fast_erf(x * T.float32(1 / math.sqrt(2)))),
+    "gelu_tanh": lambda x: x * fast_sigmoid(
+        T.float32(2 * math.sqrt(2 / math.pi)) * (x + T.float32(0.044715) * x * x * x)
+    ),
+    "silu": lambda x: x * fast_sigmoid(x),
+    "sigmoid": fast_sigmoid,
+    "tanh": lambda x: T.float32(2) * fast_sigmoid(T.float32(2) * x) - T.float32(1),
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one linear layer's weight is stored for its kernel."""
+
+    format: str  # "dense" | "bsr" | "nm"
+    block: tuple[int, int] = (1, 1)
+    n: int = 0
+    m: int = 0
+
+    def describe(self) -> str:
+        if self.format == "bsr":
+            return f"bsr {self.block[0]}x{self.block[1]}"
+        if self.format == "nm":
+            return f"{self.n}:{self.m}"
+        return "dense"
+
+
+def pack(weight_nk: np.ndarray, layout: Layout) -> list[np.ndarray]:
+    """The kernel's weight tensors for W[N, K] (float32) in ``layout``."""
+    weight_nk = np.ascontiguousarray(weight_nk, np.float32)
+    n_out, k_in = weight_nk.shape
+    if layout.format == "dense":
+        rows = math.ceil(n_out / PANEL) * PANEL
+        padded = np.zeros((rows, k_in), np.float32)
+        padded[:n_out] = weight_nk
+        return [np.ascontiguousarray(padded.reshape(rows // PANEL, PANEL, k_in).transpose(0, 2, 1))]
+    if layout.format == "bsr":
+        tensors = formats.compress_bsr(weight_nk, layout.block)
+        values, indices = tensors["values"], tensors["indices"].astype(np.int32)
+        if len(indices) == 0:  # an all-zero weight: one unread block keeps the buffers non-empty
+            values, indices = np.zeros((1, *layout.block), np.float32), np.zeros(1, np.int32)
+        return [values, indices, tensors["indptr"].astype(np.int32)]
+    tensors = formats.compress_nm(weight_nk, layout.n, layout.m)
+    return [tensors["values"], tensors["indices"].astype(np.int32)]
+
+
+def linear_kernel(m_rows: int, k_in: int, n_out: int, layout: Layout, weights: list[np.ndarray], activation: str):
+    """The PrimFunc ``(X, *weights, bias, Y)`` for ``layout`` (weights give the stored sizes)."""
+    act = ACTIVATIONS[activation]
+    if layout.format == "dense":
+        return _dense(m_rows, k_in, n_out, act)
+    if layout.format == "bsr":
+        return _bsr(m_rows, k_in, n_out, layout.block, weights[0].shape[0], act)
+    return _nm(m_rows, k_in, n_out, layout.n, layout.m, act)
+
+
+def _dense(M: int, K: int, N: int, act):
+    NP = math.ceil(N / PANEL)
+    TILES = M // ROWS
+    BR = PANEL
+
+    @T.prim_func
+    def dense_linear(
+        X: T.Buffer((M, K), "float32"), V: T.Buffer((NP, K, BR), "float32"),
+        B: T.Buffer((NP * BR,), "float32"), Y: T.Buffer((M, NP * BR), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for r in T.parallel(NP):
+            for t in range(TILES):
+                acc = T.decl_buffer((ROWS, BR), "float32", scope="local")
+                for i in T.unroll(ROWS):
+                    for b in T.vectorized(BR):
+                        acc[i, b] = B[r * BR + b]
+                for k in range(K):
+                    for i in T.unroll(ROWS):
+                        for b in T.vectorized(BR):
+                            acc[i, b] = acc[i, b] + V[r, k, b] * X[t * ROWS + i, k]
+                for i in T.unroll(ROWS):
+                    for b in T.vectorized(BR):
+                        Y[t * ROWS + i, r * BR + b] = act(acc[i, b])
+            for row in range(TILES * ROWS, M):
+                one = T.decl_buffer((BR,), "float32", scope="local")
+                for b in T.vectorized(BR):
+                    one[b] = B[r * BR + b]
+                for k in range(K):
+                    for b in T.vectorized(BR):
+                        one[b] = one[b] + V[r, k, b] * X[row, k]
+                for b in T.vectorized(BR):
+                    Y[row, r * BR + b] = act(one[b])
+
+    return dense_linear
+
+
+def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act):
+    BR, BC = block
+    NB = N // BR
+    TILES = M // ROWS
+    NZ = max(NNZB, 1)  # a weight with no stored block still needs a buffer
+    load = _guarded_load(K) if K % BC else _plain_load
+
+    @T.prim_func
+    def bsr_linear(
+        X: T.Buffer((M, K), "float32"), V: T.Buffer((NZ, BR, BC), "float32"),
+        I: T.Buffer((NZ,), "int32"), P: T.Buffer((NB + 1,), "int32"),
+        B: T.Buffer((N,), "float32"), Y: T.Buffer((M, N), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for r in T.parallel(NB):
+            for t in range(TILES):
+                acc = T.decl_buffer((ROWS, BR), "float32", scope="local")
+                for i in T.unroll(ROWS):
+                    for b in T.vectorized(BR):
+                        acc[i, b] = B[r * BR + b]
+                for j in range(P[r], P[r + 1]):
+                    for c in T.unroll(BC):
+                        for i in T.unroll(ROWS):
+                            for b in T.vectorized(BR):
+                                acc[i, b] = acc[i, b] + V[j, b, c] * load(X, t * ROWS + i, I[j] * BC + c)
+                for i in T.unroll(ROWS):
+                    for b in T.vectorized(BR):
+                        Y[t * ROWS + i, r * BR + b] = act(acc[i, b])
+            for row in range(TILES * ROWS, M):
+                one = T.decl_buffer((BR,), "float32", scope="local")
+                for b in T.vectorized(BR):
+                    one[b] = B[r * BR + b]
+                for j in range(P[r], P[r + 1]):
+                    for c in T.unroll(BC):
+                        for b in T.vectorized(BR):
+                            one[b] = one[b] + V[j, b, c] * load(X, row, I[j] * BC + c)
+                for b in T.vectorized(BR):
+                    Y[row, r * BR + b] = act(one[b])
+
+    return bsr_linear
+
+
+def _nm(M: int, K: int, N: int, n: int, m: int, act):
+    G = math.ceil(K / m)
+    S = G * n
+    TILES = M // ROWS
+    load = _guarded_load(K) if K % m else _plain_load
+
+    @T.prim_func
+    def nm_linear(
+        X: T.Buffer((M, K), "float32"), V: T.Buffer((N, S), "float32"), Q: T.Buffer((N, S), "int32"),
+        B: T.Buffer((N,), "float32"), Y: T.Buffer((M, N), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for r in T.parallel(N):
+            for t in range(TILES):
+                acc = T.decl_buffer((ROWS,), "float32", scope="local")
+                for i in T.unroll(ROWS):
+                    acc[i] = B[r]
+                for s in range(S):
+                    for i in T.unroll(ROWS):
+                        acc[i] = acc[i] + V[r, s] * load(X, t * ROWS + i, s // n * m + Q[r, s])
+                for i in T.unroll(ROWS):
+                    Y[t * ROWS + i, r] = act(acc[i])
+            for row in range(TILES * ROWS, M):
+                one = T.decl_buffer((1,), "float32", scope="local")
+                one[0] = B[r]
+                for s in range(S):
+                    one[0] = one[0] + V[r, s] * load(X, row, s // n * m + Q[r, s])
+                Y[row, r] = act(one[0])
+
+    return nm_linear
+
+
+def _plain_load(X, row, col):
+    return X[row, col]
+
+
+def _guarded_load(k_in: int):
+    """X[row, col], or 0 past the last input column (blocks overhanging K)."""
+    return lambda X, row, col: T.if_then_else(col < k_in, X[row, T.min(col, k_in - 1)], T.float32(0))

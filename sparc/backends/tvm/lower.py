@@ -1,0 +1,141 @@
+"""The IR → a Relax module with sparc's linear kernels → a TVM executable.
+
+1. Specialize: ``ai.sparc`` ops lowered to standard ONNX, graph inputs given the concrete
+   shapes of the feeds, shape computations folded (onnxscript's optimizer), so the Relax
+   ONNX frontend sees static shapes.
+2. Import with ``tvm.relax.frontend.onnx.from_onnx`` (weights become Relax constants).
+3. Every ``matmul(x, W)`` with a constant 2-D W, with an optional constant bias ``add`` and
+   an optional Gelu/Relu/Sigmoid/Tanh after it, becomes ``call_tir`` of one sparc kernel
+   (``kernels.py``) whose weight layout ``choose.py`` picked by timing on this machine.
+4. Everything else is legalized and fused by Relax, scheduled by ``schedules.py``, compiled
+   with ``tvm.compile`` for the Relax VM.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+import onnxscript.optimizer as optimizer
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+from tvm.s_tir import dlight
+
+from sparc.backends.tvm import kernels, schedules
+from sparc.backends.tvm.choose import Choice, choose_layout
+from sparc.errors import BackendError
+from sparc.ir_utils import copy_model
+
+EPILOGUES = {"relax.nn.gelu": "gelu", "relax.nn.relu": "relu", "relax.sigmoid": "sigmoid", "relax.tanh": "tanh"}
+
+
+@dataclass
+class Lowered:
+    """A compiled executable and the per-layer kernel choices made for it."""
+
+    executable: object
+    choices: list[Choice] = field(default_factory=list)
+
+
+def compile_model(model: ir.Model, shapes: dict[str, tuple[int, ...]], target, *, threads: int,
+                  choose: bool, heuristic: bool = False) -> Lowered:
+    """Compile ``model`` for feeds of ``shapes`` (name → shape) on ``target``; layouts are timed
+    here (``choose``), guessed for another machine (``heuristic``), or all dense."""
+    proto, dtypes = _specialized_onnx(model, shapes)
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        mod = from_onnx(proto, dtype_dict=dtypes)
+    except Exception as exc:  # the frontend raises many kinds of errors
+        raise BackendError(f"TVM's ONNX frontend cannot import the model: {_one_line(exc)}") from None
+    mode = "heuristic" if heuristic else "measure" if choose else "dense"
+    mod, choices = _replace_linear_layers(mod, target, threads=threads, mode=mode)
+    with target:
+        executable = tvm.compile(mod, target=target, relax_pipeline=_pipeline(target))
+    return Lowered(executable, choices)
+
+
+def _specialized_onnx(model: ir.Model, shapes):
+    from sparc.ops import has_sparc_ops, lower_to_standard
+
+    model = lower_to_standard(model) if has_sparc_ops(model) else copy_model(model)
+    dtypes = {}
+    for value in model.graph.inputs:
+        if value.name not in shapes:
+            raise BackendError(f"no feed for graph input {value.name!r}")
+        value.shape = ir.Shape(list(shapes[value.name]))
+        dtypes[value.name] = str(value.dtype.numpy())
+    optimizer.optimize_ir(model, num_iterations=2)
+    return ir.serde.serialize_model(model), dtypes
+
+
+def _pipeline(target):
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    return tvm.transform.Sequential([
+        *cpu.library_dispatch_passes(target),
+        *cpu.legalize_passes(target),
+        dlight.ApplyDefaultSchedule(*schedules.rules()),
+        *cpu.dataflow_lower_passes(target),
+        *cpu.finalize_passes(target),
+    ])
+
+
+def _replace_linear_layers(mod: tvm.IRModule, target, *, threads: int, mode: str):
+    """Rewrite constant-weight linear layers (longest epilogue first) into sparc kernels."""
+    builder = relax.BlockBuilder(mod)  # holds the kernels added as typed GlobalVars
+    choices: list[Choice] = []
+    x, weight, bias = wildcard(), is_const(), is_const()
+    matmul = is_op("relax.matmul")(x, weight)
+    biased = is_op("relax.add")(matmul, bias) | is_op("relax.add")(bias, matmul)
+    activated = None
+    for op_name in EPILOGUES:
+        pattern = is_op(op_name)(biased)
+        activated = pattern if activated is None else activated | pattern
+
+    def rewrite(call, matches):
+        w = matches[weight].value.numpy()
+        if w.ndim != 2 or w.dtype != np.float32 or matches[x].ty.dtype != "float32":
+            return call
+        activation = EPILOGUES.get(call.op.name, "none") if isinstance(call.op, tvm.ir.Op) else "none"
+        b = matches[bias].value.numpy() if bias in matches else np.zeros(w.shape[1], np.float32)
+        if b.shape != (w.shape[1],):
+            return call
+        return _kernel_call(matches[x], w, b.astype(np.float32), activation, builder, choices, target, threads, mode)
+
+    main = mod["main"]
+    for pattern in (activated, biased, matmul):
+        main = rewrite_call(pattern, rewrite, main)
+    mod = builder.get()
+    mod.update_func(mod.get_global_var("main"), main)
+    return relax.transform.Normalize()(mod), choices
+
+
+def _kernel_call(x, weight_kn, bias, activation, builder, choices, target, threads, mode):
+    shape = [int(d) for d in x.ty.shape]
+    k_in, n_out = weight_kn.shape
+    rows = math.prod(shape[:-1])
+    weight_nk = np.ascontiguousarray(weight_kn.T)
+    choice = choose_layout(weight_nk, rows, activation, target, threads=threads, mode=mode)
+    choices.append(choice)
+    tensors = kernels.pack(weight_nk, choice.layout)
+    out_cols = tensors[0].shape[0] * kernels.PANEL if choice.layout.format == "dense" else n_out
+    padded_bias = np.zeros(out_cols, np.float32)
+    padded_bias[:n_out] = bias
+    func = kernels.linear_kernel(rows, k_in, n_out, choice.layout, tensors, activation)
+    name = f"sparc_linear_{len(choices)}"
+    gv = builder.add_func(func.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True), name)
+    flat = relax.op.reshape(x, (rows, k_in))
+    args = [flat, *(relax.const(t) for t in tensors), relax.const(padded_bias)]
+    y = relax.call_tir(gv, args, relax.TensorType((rows, out_cols), "float32"))
+    if out_cols != n_out:
+        y = relax.op.strided_slice(y, axes=[1], begin=[0], end=[n_out])
+    return relax.op.reshape(y, (*shape[:-1], n_out))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

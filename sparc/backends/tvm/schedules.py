@@ -1,0 +1,122 @@
+"""CPU schedule rules for the fused operators Relax leaves after legalization.
+
+TVM 0.27 gives CPU functions no schedule by default (serial, scalar loops), and dlight's CPU
+rules cover reductions (softmax, norms: ``dlight.cpu.Reduction``) and GEMV. sparc adds:
+
+- ``Injective``: all-spatial functions (element-wise, reshapes, transposes, gathers): inline
+  every block into the last, fuse its loops, run chunks of it in parallel, vectorize the
+  innermost chunk.
+- ``BatchMatmul``: one reduction block Y[..., i, j] += A[..., i, k]·B[..., k, j] (attention
+  scores and context) plus element-wise epilogues: batch and i in parallel, k outside j, j
+  vectorized, epilogues computed per row.
+
+Linear layers with constant weights never reach these rules: sparc's own kernels
+(``kernels.py``) replace them before legalization.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import try_inline
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target.codegen import llvm_get_vector_width
+
+PARALLEL_GRAIN = 4096  # fewer elements than this run on one thread
+
+
+def rules() -> list:
+    """The rules, tried in order on every unscheduled function."""
+    return [BatchMatmul(), dlight.cpu.Reduction(), dlight.cpu.GEMV(), Injective()]
+
+
+def _lanes(target) -> int:
+    bits = llvm_get_vector_width(target)
+    return max((bits if bits > 0 else 128) // 32, 4)
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int | None:
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def _parallel_vectorize(sch: s_tir.Schedule, block, lanes: int, spatial: int | None = None) -> None:
+    """Fuse the block's first ``spatial`` loops (all by default), parallel outer, vector inner."""
+    loops = sch.get_loops(block)
+    loops = loops if spatial is None else loops[:spatial]
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    total = _extent(sch, fused)
+    if total is not None and total <= lanes:
+        sch.vectorize(fused)
+        return
+    outer, inner = sch.split(fused, factors=[None, lanes])
+    if total is None or total >= PARALLEL_GRAIN:
+        sch.parallel(outer)
+    sch.vectorize(inner)
+
+
+class Injective(CPUScheduleRule):
+    """Parallel, vectorized loops for functions with only spatial blocks."""
+
+    def apply(self, func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = normalize_prim_func(sch)
+        if not blocks or not all(b.is_injective() for b in blocks):
+            return None
+        blocks = try_inline(sch, blocks)
+        if len(blocks) != 1:
+            return None
+        _parallel_vectorize(sch, blocks[0].block_rv, _lanes(target))
+        return sch
+
+
+class BatchMatmul(CPUScheduleRule):
+    """Batched matmuls with constant-free operands, with optional element-wise epilogues."""
+
+    def apply(self, func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = normalize_prim_func(sch)
+        if not blocks:
+            return None
+        blocks = try_inline(sch, blocks)
+        reductions = [b for b in blocks if not b.is_injective()]
+        if len(reductions) != 1 or not reductions[0].dom_kind().endswith("SSR"):
+            return None
+        main = reductions[0]
+        if blocks[0] is not main or any(not b.is_injective() for b in blocks[1:]):
+            return None
+        kind = main.dom_kind()
+        if kind.count("R") != 1 or not kind.endswith("R"):
+            return None
+        try:
+            self._schedule(sch, main, blocks[1:], _lanes(target))
+        except s_tir.ScheduleError:
+            return None
+        return sch
+
+    @staticmethod
+    def _schedule(sch, main, epilogues, lanes: int) -> None:
+        *batch, row, col, red = sch.get_loops(main.block_rv)
+        sch.reorder(red, col)
+        outer = sch.fuse(*batch, row) if batch else row
+        sch.parallel(outer)
+        for epilogue in epilogues:
+            sch.reverse_compute_at(epilogue.block_rv, outer)
+            inner = sch.get_loops(epilogue.block_rv)[1:]
+            if inner:
+                last = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+                _vectorize_by(sch, last, lanes)
+        sch.decompose_reduction(main.block_rv, red)
+
+
+def _vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
+    """Vectorize ``lanes`` at a time when the loop's extent is a multiple of it."""
+    extent = _extent(sch, loop)
+    if extent is not None and extent % lanes == 0:
+        _, inner = sch.split(loop, factors=[None, lanes])
+        sch.vectorize(inner)
