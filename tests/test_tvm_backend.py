@@ -1,0 +1,161 @@
+"""The TVM backend: kernels against the SparseLinear numpy reference, layout choice, end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tiny_models import MLP, seeded
+
+import sparc
+from sparc import compiler
+from sparc.backends.tvm import choose, kernels, load_library, make_target
+from sparc.backends.tvm.kernels import Layout
+from sparc.capture import capture_torch
+from sparc.ops.sparse_linear import reference
+from sparc.passes import BlockSparsity
+
+TARGET = make_target("cpu", 1)
+
+
+def _run_kernel(x, weight_nk, bias, layout, activation):
+    tensors = kernels.pack(weight_nk, layout)
+    rows, k_in = x.shape
+    func = kernels.linear_kernel(rows, k_in, weight_nk.shape[0], layout, tensors, activation)
+    library = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=TARGET)
+    out_cols = tensors[0].shape[0] * kernels.PANEL if layout.format == "dense" else weight_nk.shape[0]
+    padded_bias = np.zeros(out_cols, np.float32)
+    padded_bias[: len(bias)] = bias
+    y = tvm.runtime.tensor(np.zeros((rows, out_cols), np.float32))
+    library["main"](tvm.runtime.tensor(x), *map(tvm.runtime.tensor, tensors), tvm.runtime.tensor(padded_bias), y)
+    return y.numpy()[:, : weight_nk.shape[0]]
+
+
+def _sparse_weight(rng, layout, n_out, k_in):
+    weight = rng.normal(size=(n_out, k_in)).astype(np.float32)
+    if layout.format == "bsr":
+        br, bc = layout.block
+        keep = rng.random((n_out // br, -(-k_in // bc))) < 0.4
+        keep[0] = False  # an empty block row
+        weight *= np.repeat(np.repeat(keep, br, axis=0), bc, axis=1)[:, :k_in]
+    if layout.format == "nm":
+        groups = -(-k_in // layout.m)
+        keep = np.argsort(rng.random((n_out, groups, layout.m)), axis=2) < layout.n
+        weight *= keep.reshape(n_out, -1)[:, :k_in]
+    return weight
+
+
+LAYOUTS = [Layout("dense"), Layout("bsr", (16, 1)), Layout("bsr", (8, 1)), Layout("bsr", (4, 1)),
+           Layout("bsr", (1, 1)), Layout("bsr", (4, 4)), Layout("nm", n=2, m=4), Layout("nm", n=4, m=8)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.describe())
+@pytest.mark.parametrize("rows,k_in", [(1, 48), (7, 30)])  # M = 1; a row tail; K not a multiple of bc/m
+def test_kernels_match_the_sparse_linear_reference(layout, rows, k_in):
+    rng = np.random.default_rng(rows)
+    n_out = 48 if layout.format != "dense" else 40  # the dense panel pads 40 to 48 rows
+    weight = _sparse_weight(rng, layout, n_out, k_in)
+    x = rng.normal(size=(rows, k_in)).astype(np.float32)
+    bias = rng.normal(size=n_out).astype(np.float32)
+    activation = ("gelu", "silu", "relu", "gelu_tanh", "tanh", "sigmoid", "none")[len(layout.describe()) % 7]
+    np.testing.assert_allclose(_run_kernel(x, weight, bias, layout, activation),
+                               reference(x, weight, bias, activation), rtol=1e-4, atol=1e-5)
+
+
+def test_an_all_zero_weight_gives_the_bias():
+    x = np.ones((3, 16), np.float32)
+    bias = np.arange(16, dtype=np.float32)
+    out = _run_kernel(x, np.zeros((16, 16), np.float32), bias, Layout("bsr", (16, 1)), "none")
+    np.testing.assert_array_equal(out, np.broadcast_to(bias, (3, 16)))
+
+
+def test_polynomial_exp_and_erf_are_float32_accurate():
+    from math import erf
+
+    from tvm.script import tirx as T
+
+    values = np.linspace(-30, 30, 4001, dtype=np.float32)
+
+    @T.prim_func
+    def both(x: T.Buffer((4001,), "float32"), e: T.Buffer((4001,), "float32"), f: T.Buffer((4001,), "float32")):
+        for i in T.vectorized(4001):
+            e[i] = kernels.fast_exp(x[i])
+            f[i] = kernels.fast_erf(x[i])
+
+    library = tvm.compile(tvm.IRModule({"main": both.with_attr("global_symbol", "main")}), target=TARGET)
+    outs = [tvm.runtime.tensor(np.zeros(4001, np.float32)) for _ in range(2)]
+    library["main"](tvm.runtime.tensor(values), *outs)
+    np.testing.assert_allclose(outs[0].numpy(), np.exp(values.astype(np.float64)), rtol=1e-6)
+    np.testing.assert_allclose(outs[1].numpy(), [erf(v) for v in values.astype(np.float64)], atol=5e-7)
+
+
+def test_layout_choice_keeps_the_fastest_and_falls_back_to_dense(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARC_CACHE", str(tmp_path))
+    rng = np.random.default_rng(0)
+    two_four = _sparse_weight(rng, Layout("nm", n=2, m=4), 256, 256)  # half dense, no block structure
+    picked = choose.choose_layout(two_four, 64, "none", TARGET, threads=1)
+    assert set(picked.timings_ms) == {"dense", "2:4"}
+    assert picked.layout == Layout("dense") and picked.timings_ms["2:4"] > picked.timings_ms["dense"]
+    blocky = _sparse_weight(rng, Layout("bsr", (16, 1)), 256, 256)  # 40% of 16x1 blocks
+    picked = choose.choose_layout(blocky, 64, "none", TARGET, threads=1)
+    assert picked.layout == min(choose.candidates(blocky), key=lambda c: picked.timings_ms[c.describe()])
+    assert (tmp_path / "tvm-layouts.json").exists()
+
+
+@pytest.fixture(scope="module")
+def mlp_model():
+    x = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
+    return capture_torch(seeded(MLP), (torch.from_numpy(x),), {"x": {0: "batch"}}), x
+
+
+def test_minilm_through_tvm_matches_onnx_runtime(minilm_ir, minilm_batches):
+    feeds = {k: v[:2, :32] for k, v in minilm_batches[0].items()}
+    compiled = sparc.compile(minilm_ir, calibration=[feeds, feeds], backend="tvm",
+                             recipe=[BlockSparsity(block=(16, 1), density=0.3)], threads=1, latency_rounds=0)
+    notes = "\n".join(compiled.report.notes)
+    assert "TVM vs ONNX Runtime outputs" in notes and notes.count("TVM layout") == 36
+    ours = compiled.run(feeds)
+    theirs = sparc.backends.onnxruntime.OrtRunner(compiled.model).run(feeds)
+    for name, value in theirs.items():
+        np.testing.assert_allclose(ours[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_dynamic_batch_compiles_per_shape(mlp_model):
+    model, x = mlp_model
+    compiled = sparc.compile(model, example_inputs=(x,), backend="tvm", latency_rounds=0)
+    for batch in (1, 3):
+        feeds = {"x": x[:batch]}
+        np.testing.assert_allclose(compiled.run(feeds)[compiled.output_names[0]],
+                                   sparc.backends.onnxruntime.OrtRunner(model).run(feeds)[compiled.output_names[0]],
+                                   rtol=1e-5, atol=1e-6)
+    assert len(compiled._runner.compiled) == 3  # the example shape and the two new ones
+
+
+def test_slower_tvm_falls_back_to_onnx_runtime(mlp_model, monkeypatch):
+    model, x = mlp_model
+    monkeypatch.setattr(compiler, "FALLBACK_RATIO", -1.0)  # any measured ratio counts as slower
+    compiled = sparc.compile(model, example_inputs=(x,), backend="tvm", latency_rounds=3)
+    assert compiled.report.backend == "onnxruntime (fallback from tvm)"
+    assert any("runs in ONNX Runtime instead" in n for n in compiled.report.notes)
+    kept = sparc.compile(model, example_inputs=(x,), backend="tvm", latency_rounds=3,
+                         backend_options={"fallback": False})
+    assert kept.report.backend == "tvm"
+
+
+def test_host_library_round_trip(mlp_model, tmp_path):
+    model, x = mlp_model
+    compiled = sparc.compile(model, example_inputs=(x,), latency_rounds=0)
+    path = compiled.export_library(tmp_path / "mlp.so", {"x": x.shape})
+    runner = load_library(path)
+    np.testing.assert_allclose(runner.run({"x": x})[compiled.output_names[0]], compiled(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(sparc.SparcError, match="compiled for it"):
+        runner.run({"x": x[:1]})
+
+
+def test_aarch64_library_is_an_aarch64_elf(mlp_model, tmp_path):
+    model, x = mlp_model
+    compiled = sparc.compile(model, example_inputs=(x,), latency_rounds=0)
+    path = compiled.export_library(tmp_path / "mlp-aarch64.so", {"x": x.shape}, target="aarch64")
+    header = path.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
