@@ -230,6 +230,31 @@ def _nm(M: int, K: int, N: int, n: int, m: int, act):
     return nm_linear
 
 
+def softmax_kernel(rows: int, length: int):
+    """Y[r, :] = softmax(X[r, :]) over the last axis: rows in parallel; per row the max, then
+    e^(x - max) (polynomial exp, vectorized) and its sum, then the scaling."""
+    R, L = rows, length
+
+    @T.prim_func(s_tir=True)
+    def softmax(X: T.Buffer((R, L), "float32"), Y: T.Buffer((R, L), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        with T.sblock("root"):  # Relax's reshape analysis expects a root block
+            for r in T.parallel(R):
+                stat = T.decl_buffer((2,), "float32", scope="local")
+                stat[0] = T.float32(-3.4e38)
+                for i in range(L):
+                    stat[0] = T.max(stat[0], X[r, i])
+                for i in T.vectorized(L):
+                    Y[r, i] = fast_exp(X[r, i] - stat[0])
+                stat[1] = T.float32(0)
+                for i in range(L):
+                    stat[1] = stat[1] + Y[r, i]
+                for i in T.vectorized(L):
+                    Y[r, i] = Y[r, i] / stat[1]
+
+    return softmax
+
+
 def _plain_load(X, row, col):
     return X[row, col]
 

@@ -6,7 +6,8 @@
 2. Import with ``tvm.relax.frontend.onnx.from_onnx`` (weights become Relax constants).
 3. Every ``matmul(x, W)`` with a constant 2-D W, with an optional constant bias ``add`` and
    an optional Gelu/Relu/Sigmoid/Tanh after it, becomes ``call_tir`` of one sparc kernel
-   (``kernels.py``) whose weight layout ``choose.py`` picked by timing on this machine.
+   (``kernels.py``) whose weight layout ``choose.py`` picked by timing on this machine;
+   every last-axis float32 softmax becomes sparc's softmax kernel (vectorized exp).
 4. Everything else is legalized and fused by Relax, scheduled by ``schedules.py``, compiled
    with ``tvm.compile`` for the Relax VM.
 """
@@ -106,9 +107,25 @@ def _replace_linear_layers(mod: tvm.IRModule, target, *, threads: int, mode: str
             return call
         return _kernel_call(matches[x], w, b.astype(np.float32), activation, builder, choices, target, threads, mode)
 
+    def rewrite_softmax(call, matches):
+        shape = [int(d) for d in call.args[0].ty.shape]
+        axis = int(call.attrs.axis)
+        if call.args[0].ty.dtype != "float32" or axis not in (-1, len(shape) - 1):
+            return call
+        rows = math.prod(shape[:-1])
+        name = f"sparc_softmax_{len(softmaxes)}"
+        softmaxes.append(name)
+        func = kernels.softmax_kernel(rows, shape[-1]).with_attr("global_symbol", name)
+        gv = builder.add_func(func.with_attr("tirx.is_scheduled", True), name)
+        flat = relax.op.reshape(call.args[0], (rows, shape[-1]))
+        y = relax.call_tir(gv, [flat], relax.TensorType((rows, shape[-1]), "float32"))
+        return relax.op.reshape(y, shape)
+
+    softmaxes: list[str] = []
     main = mod["main"]
     for pattern in (activated, biased, matmul):
         main = rewrite_call(pattern, rewrite, main)
+    main = rewrite_call(is_op("relax.nn.softmax")(wildcard()), rewrite_softmax, main)
     mod = builder.get()
     mod.update_func(mod.get_global_var("main"), main)
     return relax.transform.Normalize()(mod), choices
