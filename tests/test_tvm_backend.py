@@ -70,6 +70,18 @@ def test_an_all_zero_weight_gives_the_bias():
     np.testing.assert_array_equal(out, np.broadcast_to(bias, (3, 16)))
 
 
+@pytest.mark.parametrize("rows,length", [(1, 7), (24, 128)])
+def test_softmax_kernel_matches_numpy(rows, length):
+    x = (np.random.default_rng(1).normal(size=(rows, length)) * 30).astype(np.float32)
+    x[0, 0] = -1e30  # a masked position
+    func = kernels.softmax_kernel(rows, length)
+    library = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=TARGET)
+    y = tvm.runtime.tensor(np.zeros_like(x))
+    library["main"](tvm.runtime.tensor(x), y)
+    e = np.exp(x.astype(np.float64) - x.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(y.numpy(), e / e.sum(axis=1, keepdims=True), rtol=2e-6, atol=1e-7)
+
+
 def test_polynomial_exp_and_erf_are_float32_accurate():
     from math import erf
 
