@@ -212,6 +212,7 @@ def _tvm_checked(runner, model, original, feeds, report, threads, rounds, option
     runner.prepare({k: np.asarray(v).shape for k, v in feeds.items()})
     report.notes.append(f"TVM compile for {_shapes(feeds)}: {time.perf_counter() - start:.1f} s")
     report.notes += [f"TVM layout {line}" for line in runner.layout_summary()]
+    report.notes.append(f"TVM functions left unscheduled (serial): {', '.join(runner.unscheduled) or 'none'}")
     reference = OrtRunner(model, threads=threads).run(feeds)
     ours = runner.run(feeds)
     worst = max(_relative_error(ours[k], reference[k]) for k in reference)

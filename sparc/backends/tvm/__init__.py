@@ -60,6 +60,7 @@ class TvmRunner(Executable):
         self.target = make_target("cpu", threads)
         self.compiled: dict[tuple, object] = {}
         self.choices: list = []
+        self.unscheduled: list[str] = []
         set_threads(threads)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -80,6 +81,7 @@ class TvmRunner(Executable):
             lowered = compile_model(self.model, shapes, self.target, threads=self.threads or 1,
                                     choose=self.choose_layouts)
             self.choices = lowered.choices
+            self.unscheduled = lowered.unscheduled
             import tvm
 
             self.compiled[key] = relax.VirtualMachine(lowered.executable, tvm.cpu())

@@ -41,7 +41,8 @@ class Choice:
 
     def summary(self) -> str:
         times = ", ".join(f"{k} {v:.3f}" for k, v in self.timings_ms.items())
-        return f"{self.shape[0]}x{self.shape[1]} rows {self.rows}: {self.layout.describe()} ({times} ms)"
+        measured = f"({times} ms)" if times else "(not timed)"
+        return f"{self.shape[0]}x{self.shape[1]} rows {self.rows}: {self.layout.describe()} {measured}"
 
 
 def candidates(weight_nk: np.ndarray) -> list[Layout]:

@@ -39,6 +39,7 @@ class Lowered:
 
     executable: object
     choices: list[Choice] = field(default_factory=list)
+    unscheduled: list[str] = field(default_factory=list)
 
 
 def compile_model(model: ir.Model, shapes: dict[str, tuple[int, ...]], target, *, threads: int,
@@ -53,10 +54,12 @@ def compile_model(model: ir.Model, shapes: dict[str, tuple[int, ...]], target, *
     except Exception as exc:  # the frontend raises many kinds of errors
         raise BackendError(f"TVM's ONNX frontend cannot import the model: {_one_line(exc)}") from None
     mode = "heuristic" if heuristic else "measure" if choose else "dense"
+    mod = relax.transform.FoldConstant()(mod)  # e.g. Gemm's transposed weight → a constant
     mod, choices = _replace_linear_layers(mod, target, threads=threads, mode=mode)
+    unscheduled: list[str] = []
     with target:
-        executable = tvm.compile(mod, target=target, relax_pipeline=_pipeline(target))
-    return Lowered(executable, choices)
+        executable = tvm.compile(mod, target=target, relax_pipeline=_pipeline(target, unscheduled))
+    return Lowered(executable, choices, unscheduled)
 
 
 def _specialized_onnx(model: ir.Model, shapes):
@@ -73,13 +76,20 @@ def _specialized_onnx(model: ir.Model, shapes):
     return ir.serde.serialize_model(model), dtypes
 
 
-def _pipeline(target):
+def _pipeline(target, unscheduled: list[str]):
+    """Relax's CPU pipeline with sparc's schedule rules; records what stays unscheduled."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0, name="SparcRecordUnscheduled")
+    def record(mod, _context):
+        unscheduled.extend(schedules.unscheduled(mod))
+        return mod
 
     return tvm.transform.Sequential([
         *cpu.library_dispatch_passes(target),
         *cpu.legalize_passes(target),
         dlight.ApplyDefaultSchedule(*schedules.rules()),
+        record,
         *cpu.dataflow_lower_passes(target),
         *cpu.finalize_passes(target),
     ])

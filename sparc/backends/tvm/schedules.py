@@ -6,6 +6,9 @@ rules cover reductions (softmax, norms: ``dlight.cpu.Reduction``) and GEMV. spar
 - ``Injective``: all-spatial functions (element-wise, reshapes, transposes, gathers): inline
   every block into the last, fuse its loops, run chunks of it in parallel, vectorize the
   innermost chunk.
+- ``SpatialReduction``: any other function whose blocks keep their spatial loops outside the
+  reduction (sums, means, pooling): the spatial loops of its last block run in parallel
+  chunks and every block is computed inside them.
 - ``BatchMatmul``: one reduction block Y[..., i, j] += A[..., i, k]·B[..., k, j] (attention
   scores and context) plus element-wise epilogues: batch and i in parallel, k outside j, j
   vectorized, epilogues computed per row.
@@ -28,7 +31,13 @@ PARALLEL_GRAIN = 4096  # fewer elements than this run on one thread
 
 def rules() -> list:
     """The rules, tried in order on every unscheduled function."""
-    return [BatchMatmul(), dlight.cpu.Reduction(), dlight.cpu.GEMV(), Injective()]
+    return [BatchMatmul(), dlight.cpu.Reduction(), dlight.cpu.GEMV(), Injective(), SpatialReduction()]
+
+
+def unscheduled(mod) -> list[str]:
+    """Names of the module's TIR functions no rule scheduled (they run serially)."""
+    return sorted(gv.name_hint for gv, func in mod.functions.items()
+                  if isinstance(func, tirx.PrimFunc) and "tirx.is_scheduled" not in func.attrs)
 
 
 def _lanes(target) -> int:
@@ -70,6 +79,32 @@ class Injective(CPUScheduleRule):
         if len(blocks) != 1:
             return None
         _parallel_vectorize(sch, blocks[0].block_rv, _lanes(target))
+        return sch
+
+
+class SpatialReduction(CPUScheduleRule):
+    """Parallel spatial loops around reductions that no other rule took."""
+
+    def apply(self, func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = normalize_prim_func(sch)
+        if not blocks:
+            return None
+        blocks = try_inline(sch, blocks)
+        kinds = [b.dom_kind() for b in blocks]
+        spatial = min(len(k) - len(k.lstrip("S")) for k in kinds)
+        if spatial == 0:
+            return None
+        try:
+            loops = sch.get_loops(blocks[-1].block_rv)[:spatial]
+            outer = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+            sch.parallel(outer)
+            for block in reversed(blocks[:-1]):
+                sch.compute_at(block.block_rv, outer, preserve_unit_loops=True)
+        except s_tir.ScheduleError:
+            return None
         return sch
 
 
