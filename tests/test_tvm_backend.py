@@ -183,3 +183,25 @@ def test_aarch64_library_runs_under_qemu():
     done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0 and "PASS" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     assert "bsr 16x1" in done.stdout  # the sparse kernels ran on aarch64, not only dense ones
+
+
+class SharedPreActivation(torch.nn.Module):
+    """fc's output feeds a Sigmoid, a Mul and a Relu: no epilogue may be fused into fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.head = torch.nn.Linear(16, 32), torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        y = self.fc(x)
+        return self.head(torch.sigmoid(y) * y + torch.relu(y))
+
+
+def test_an_activation_is_not_fused_when_its_input_has_other_readers():
+    x = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
+    compiled = sparc.compile(seeded(SharedPreActivation), example_inputs=(torch.from_numpy(x),), backend="tvm",
+                             latency_rounds=0)
+    layouts = [n for n in compiled.report.notes if n.startswith("TVM layout")]
+    assert len(layouts) == 2  # one kernel per linear layer: fc is not computed twice
+    np.testing.assert_allclose(compiled(x), seeded(SharedPreActivation)(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)

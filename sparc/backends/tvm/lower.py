@@ -5,7 +5,8 @@
    ONNX frontend sees static shapes.
 2. Import with ``tvm.relax.frontend.onnx.from_onnx`` (weights become Relax constants).
 3. Every ``matmul(x, W)`` with a constant 2-D W, with an optional constant bias ``add`` and
-   an optional Gelu/Relu/Sigmoid/Tanh after it, becomes ``call_tir`` of one sparc kernel
+   an optional Gelu/Relu/Sigmoid/Tanh after it (when it is the value's only reader), becomes
+   ``call_tir`` of one sparc kernel
    (``kernels.py``) whose weight layout ``choose.py`` picked by timing on this machine;
    every last-axis float32 softmax becomes sparc's softmax kernel (vectorized exp).
 4. Everything else is legalized and fused by Relax, scheduled by ``schedules.py``, compiled
@@ -104,14 +105,17 @@ def _replace_linear_layers(mod: tvm.IRModule, target, *, threads: int, mode: str
     biased = is_op("relax.add")(matmul, bias) | is_op("relax.add")(bias, matmul)
     activated = None
     for op_name in EPILOGUES:
-        pattern = is_op(op_name)(biased)
+        pattern = is_op(op_name)(biased | matmul)
         activated = pattern if activated is None else activated | pattern
+    shared = _values_with_several_uses(mod["main"])
 
     def rewrite(call, matches):
         w = matches[weight].value.numpy()
         if w.ndim != 2 or w.dtype != np.float32 or matches[x].ty.dtype != "float32":
             return call
         activation = EPILOGUES.get(call.op.name, "none") if isinstance(call.op, tvm.ir.Op) else "none"
+        if activation != "none" and any(matches.get(p) in shared for p in (biased, matmul) if p in matches):
+            return call  # the pre-activation value has other readers: fuse without the activation
         b = matches[bias].value.numpy() if bias in matches else np.zeros(w.shape[1], np.float32)
         if b.shape != (w.shape[1],):
             return call
@@ -139,6 +143,17 @@ def _replace_linear_layers(mod: tvm.IRModule, target, *, threads: int, mode: str
     mod = builder.get()
     mod.update_func(mod.get_global_var("main"), main)
     return relax.transform.Normalize()(mod), choices
+
+
+def _values_with_several_uses(func) -> set:
+    """The bound expressions of ``func`` read by more than one binding."""
+    value_of = relax.analysis.get_var2val(func)
+    several = set()
+    for block in func.body.blocks:
+        if isinstance(block, relax.DataflowBlock):
+            several |= {value_of[var] for var, uses in relax.analysis.udchain(block).items()
+                        if len(uses) > 1 and var in value_of}
+    return several
 
 
 def _kernel_call(x, weight_kn, bias, activation, builder, choices, target, threads, mode):
