@@ -205,3 +205,23 @@ def test_an_activation_is_not_fused_when_its_input_has_other_readers():
     assert len(layouts) == 2  # one kernel per linear layer: fc is not computed twice
     np.testing.assert_allclose(compiled(x), seeded(SharedPreActivation)(torch.from_numpy(x)).detach().numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+class SwiGLU(torch.nn.Module):
+    """A Llama-style MLP: down(silu(gate(x)) · up(x))."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.up = torch.nn.Linear(16, 32, bias=False), torch.nn.Linear(16, 32, bias=False)
+        self.down = torch.nn.Linear(32, 16, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.silu(self.gate(x)) * self.up(x))
+
+
+def test_silu_written_as_x_times_sigmoid_is_fused():
+    x = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
+    compiled = sparc.compile(seeded(SwiGLU), example_inputs=(torch.from_numpy(x),), backend="tvm", latency_rounds=0)
+    layouts = [n for n in compiled.report.notes if n.startswith("TVM layout")]
+    assert len(layouts) == 3 and sum("+ silu" in n for n in layouts) == 1
+    np.testing.assert_allclose(compiled(x), seeded(SwiGLU)(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)

@@ -37,12 +37,14 @@ class Choice:
     shape: tuple[int, int]
     rows: int
     layout: Layout
+    activation: str = "none"
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         times = ", ".join(f"{k} {v:.3f}" for k, v in self.timings_ms.items())
         measured = f"({times} ms)" if times else "(not timed)"
-        return f"{self.shape[0]}x{self.shape[1]} rows {self.rows}: {self.layout.describe()} {measured}"
+        epilogue = "" if self.activation == "none" else f" + {self.activation}"
+        return f"{self.shape[0]}x{self.shape[1]}{epilogue} rows {self.rows}: {self.layout.describe()} {measured}"
 
 
 def candidates(weight_nk: np.ndarray) -> list[Layout]:
@@ -70,9 +72,9 @@ def choose_layout(weight_nk, rows: int, activation: str, target, *, threads: int
     shape = tuple(weight_nk.shape)
     options = candidates(weight_nk)
     if mode == "heuristic":
-        return Choice(shape, rows, _heuristic(weight_nk, options))
+        return Choice(shape, rows, _heuristic(weight_nk, options), activation)
     if mode == "dense" or len(options) == 1:
-        return Choice(shape, rows, Layout("dense"))
+        return Choice(shape, rows, Layout("dense"), activation)
     cache = _load_cache()
     timings = {}
     for layout in options:
@@ -82,7 +84,7 @@ def choose_layout(weight_nk, rows: int, activation: str, target, *, threads: int
             _save_cache(cache)
         timings[layout.describe()] = cache[key]
     best = min(options, key=lambda layout: timings[layout.describe()])
-    return Choice(shape, rows, best, timings)
+    return Choice(shape, rows, best, activation, timings)
 
 
 def _heuristic(weight_nk, options: list[Layout]) -> Layout:

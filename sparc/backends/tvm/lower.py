@@ -5,7 +5,8 @@
    ONNX frontend sees static shapes.
 2. Import with ``tvm.relax.frontend.onnx.from_onnx`` (weights become Relax constants).
 3. Every ``matmul(x, W)`` with a constant 2-D W, with an optional constant bias ``add`` and
-   an optional Gelu/Relu/Sigmoid/Tanh after it (when it is the value's only reader), becomes
+   an optional Gelu/Relu/Sigmoid/Tanh or SiLU (x·sigmoid(x)) after it (when that is the
+   value's only reader), becomes
    ``call_tir`` of one sparc kernel
    (``kernels.py``) whose weight layout ``choose.py`` picked by timing on this machine;
    every last-axis float32 softmax becomes sparc's softmax kernel (vectorized exp).
@@ -107,6 +108,8 @@ def _replace_linear_layers(mod: tvm.IRModule, target, *, threads: int, mode: str
     for op_name in EPILOGUES:
         pattern = is_op(op_name)(biased | matmul)
         activated = pattern if activated is None else activated | pattern
+    pre = biased | matmul
+    silu = is_op("relax.multiply")(pre, is_op("relax.sigmoid")(pre)) | is_op("relax.multiply")(is_op("relax.sigmoid")(pre), pre)
     shared = _values_with_several_uses(mod["main"])
 
     def rewrite(call, matches):
@@ -114,7 +117,10 @@ def _replace_linear_layers(mod: tvm.IRModule, target, *, threads: int, mode: str
         if w.ndim != 2 or w.dtype != np.float32 or matches[x].ty.dtype != "float32":
             return call
         activation = EPILOGUES.get(call.op.name, "none") if isinstance(call.op, tvm.ir.Op) else "none"
-        if activation != "none" and any(matches.get(p) in shared for p in (biased, matmul) if p in matches):
+        readers = 2 if call.op.name == "relax.multiply" else 1  # SiLU reads it twice
+        if call.op.name == "relax.multiply":
+            activation = "silu"
+        if activation != "none" and any(_readers(matches.get(p), shared) > readers for p in (biased, matmul) if p in matches):
             return call  # the pre-activation value has other readers: fuse without the activation
         b = matches[bias].value.numpy() if bias in matches else np.zeros(w.shape[1], np.float32)
         if b.shape != (w.shape[1],):
@@ -137,7 +143,7 @@ def _replace_linear_layers(mod: tvm.IRModule, target, *, threads: int, mode: str
 
     softmaxes: list[str] = []
     main = mod["main"]
-    for pattern in (activated, biased, matmul):
+    for pattern in (silu, activated, biased, matmul):
         main = rewrite_call(pattern, rewrite, main)
     main = rewrite_call(is_op("relax.nn.softmax")(wildcard()), rewrite_softmax, main)
     mod = builder.get()
@@ -145,15 +151,19 @@ def _replace_linear_layers(mod: tvm.IRModule, target, *, threads: int, mode: str
     return relax.transform.Normalize()(mod), choices
 
 
-def _values_with_several_uses(func) -> set:
-    """The bound expressions of ``func`` read by more than one binding."""
+def _values_with_several_uses(func) -> dict:
+    """Bound expressions of ``func`` read by more than one binding → how many read them."""
     value_of = relax.analysis.get_var2val(func)
-    several = set()
+    several = {}
     for block in func.body.blocks:
         if isinstance(block, relax.DataflowBlock):
-            several |= {value_of[var] for var, uses in relax.analysis.udchain(block).items()
+            several |= {value_of[var]: len(uses) for var, uses in relax.analysis.udchain(block).items()
                         if len(uses) > 1 and var in value_of}
     return several
+
+
+def _readers(expr, shared: dict) -> int:
+    return shared.get(expr, 1)
 
 
 def _kernel_call(x, weight_kn, bias, activation, builder, choices, target, threads, mode):
