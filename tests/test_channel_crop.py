@@ -281,3 +281,29 @@ def test_minilm_heads_and_ffn_units(minilm, minilm_ir, minilm_batches):
         np.testing.assert_allclose(compiled(feeds), want, atol=2e-5)
     longer = minilm.make_inputs(["another sentence to encode, at a new length"], seq=24)
     assert compiled(longer).shape == (1, 384)
+
+
+class BiasFreeChain(torch.nn.Module):
+    """Convolutions without bias (BatchNorm after each): the middle one loses inputs and outputs."""
+
+    def __init__(self, channels=16):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Conv2d(3, channels, 3, padding=1, bias=False), torch.nn.BatchNorm2d(channels), torch.nn.ReLU(),
+            torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False), torch.nn.BatchNorm2d(channels),
+            torch.nn.ReLU(), torch.nn.Conv2d(channels, 4, 1),
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def test_a_compensating_bias_is_cut_like_the_layer_outputs():
+    model = _capture(seeded(BiasFreeChain), (2, 3, 8, 8))
+    compiled = sparc.compile(model, calibration=_images((4, 3, 8, 8)), latency_rounds=0,
+                             recipe=[ChannelCrop(ratio=0.5, round_to=1, bias_compensation=True)])
+    assert compiled.report.passes[-1].details["refinement"]["chosen"] in ("none", "bias")
+    middle = [n for n in compiled.model.graph if n.op_type == "Conv"][1]
+    weight = middle.inputs[1].const_value.numpy()
+    if len(middle.inputs) > 2 and middle.inputs[2] is not None:
+        assert middle.inputs[2].const_value.numpy().shape == (weight.shape[0],)

@@ -341,12 +341,26 @@ def _apply_plan(graph, plan, stats, compensate: bool, reconstruct: bool) -> None
         edit.replace_initializer_input(graph, node, index, array, f"{node.name}_in{index}_cropped")
     for owner, (slot_node, _) in biases.items():
         if slot_node is None:
-            _new_bias(graph, owner, deltas[owner])
+            _new_bias(graph, owner, _cut_like_outputs(graph, owner, deltas[owner], cuts))
     for step in steps:
         if step is not None:
             step()
     for space, indices in kept.items():
         _set_dim(space, len(indices))
+
+
+def _cut_like_outputs(graph, node: ir.Node, delta: np.ndarray, cuts) -> np.ndarray:
+    """A new bias for ``node`` keeps only the output channels its weight keeps (another group
+    may be cutting the outputs of the layer whose inputs this delta compensates)."""
+    if node.op_type == "Conv":
+        index, axis = 1, 0
+    else:
+        layer = _layer(graph, node)
+        index, axis = list(node.inputs).index(layer.weight), 0 if layer.transposed else 1
+    for cut_axis, indices, _ in cuts.get((node, index), []):
+        if cut_axis == axis:
+            delta = np.take(delta, indices)
+    return delta
 
 
 def _is_float(node: ir.Node, index: int) -> bool:
