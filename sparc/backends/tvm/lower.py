@@ -57,7 +57,7 @@ def compile_model(model: ir.Model, shapes: dict[str, tuple[int, ...]], target, *
         raise BackendError(f"TVM's ONNX frontend cannot import the model: {_one_line(exc)}") from None
     mode = "heuristic" if heuristic else "measure" if choose else "dense"
     mod = relax.transform.FoldConstant()(mod)  # e.g. Gemm's transposed weight → a constant
-    mod, choices = _replace_linear_layers(mod, target, threads=threads, mode=mode)
+    mod, choices = _use_sparc_kernels(mod, target, threads=threads, mode=mode)
     unscheduled: list[str] = []
     with target:
         executable = tvm.compile(mod, target=target, relax_pipeline=_pipeline(target, unscheduled))
@@ -97,8 +97,8 @@ def _pipeline(target, unscheduled: list[str]):
     ])
 
 
-def _replace_linear_layers(mod: tvm.IRModule, target, *, threads: int, mode: str):
-    """Rewrite constant-weight linear layers (longest epilogue first) into sparc kernels."""
+def _use_sparc_kernels(mod: tvm.IRModule, target, *, threads: int, mode: str):
+    """Constant-weight linear layers (longest epilogue first) and softmaxes → sparc kernels."""
     builder = relax.BlockBuilder(mod)  # holds the kernels added as typed GlobalVars
     choices: list[Choice] = []
     x, weight, bias = wildcard(), is_const(), is_const()
@@ -116,10 +116,8 @@ def _replace_linear_layers(mod: tvm.IRModule, target, *, threads: int, mode: str
         w = matches[weight].value.numpy()
         if w.ndim != 2 or w.dtype != np.float32 or matches[x].ty.dtype != "float32":
             return call
-        activation = EPILOGUES.get(call.op.name, "none") if isinstance(call.op, tvm.ir.Op) else "none"
-        readers = 2 if call.op.name == "relax.multiply" else 1  # SiLU reads it twice
-        if call.op.name == "relax.multiply":
-            activation = "silu"
+        activation = "silu" if call.op.name == "relax.multiply" else EPILOGUES.get(call.op.name, "none")
+        readers = 2 if activation == "silu" else 1  # SiLU reads the pre-activation twice
         if activation != "none" and any(_readers(matches.get(p), shared) > readers for p in (biased, matmul) if p in matches):
             return call  # the pre-activation value has other readers: fuse without the activation
         b = matches[bias].value.numpy() if bias in matches else np.zeros(w.shape[1], np.float32)
@@ -127,28 +125,33 @@ def _replace_linear_layers(mod: tvm.IRModule, target, *, threads: int, mode: str
             return call
         return _kernel_call(matches[x], w, b.astype(np.float32), activation, builder, choices, target, threads, mode)
 
-    def rewrite_softmax(call, matches):
+    main = mod["main"]
+    for pattern in (silu, activated, biased, matmul):
+        main = rewrite_call(pattern, rewrite, main)
+    main = _replace_softmax(main, builder)
+    mod = builder.get()
+    mod.update_func(mod.get_global_var("main"), main)
+    return relax.transform.Normalize()(mod), choices
+
+
+def _replace_softmax(main, builder):
+    """Every float32 softmax over the last axis becomes a call of sparc's softmax kernel."""
+    count = [0]
+
+    def rewrite(call, _matches):
         shape = [int(d) for d in call.args[0].ty.shape]
-        axis = int(call.attrs.axis)
-        if call.args[0].ty.dtype != "float32" or axis not in (-1, len(shape) - 1):
+        if call.args[0].ty.dtype != "float32" or int(call.attrs.axis) not in (-1, len(shape) - 1):
             return call
         rows = math.prod(shape[:-1])
-        name = f"sparc_softmax_{len(softmaxes)}"
-        softmaxes.append(name)
+        name = f"sparc_softmax_{count[0]}"
+        count[0] += 1
         func = kernels.softmax_kernel(rows, shape[-1]).with_attr("global_symbol", name)
         gv = builder.add_func(func.with_attr("tirx.is_scheduled", True), name)
         flat = relax.op.reshape(call.args[0], (rows, shape[-1]))
         y = relax.call_tir(gv, [flat], relax.TensorType((rows, shape[-1]), "float32"))
         return relax.op.reshape(y, shape)
 
-    softmaxes: list[str] = []
-    main = mod["main"]
-    for pattern in (silu, activated, biased, matmul):
-        main = rewrite_call(pattern, rewrite, main)
-    main = rewrite_call(is_op("relax.nn.softmax")(wildcard()), rewrite_softmax, main)
-    mod = builder.get()
-    mod.update_func(mod.get_global_var("main"), main)
-    return relax.transform.Normalize()(mod), choices
+    return rewrite_call(is_op("relax.nn.softmax")(wildcard()), rewrite, main)
 
 
 def _values_with_several_uses(func) -> dict:
