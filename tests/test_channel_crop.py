@@ -307,3 +307,12 @@ def test_a_compensating_bias_is_cut_like_the_layer_outputs():
     weight = middle.inputs[1].const_value.numpy()
     if len(middle.inputs) > 2 and middle.inputs[2] is not None:
         assert middle.inputs[2].const_value.numpy().shape == (weight.shape[0],)
+
+
+def test_no_refit_from_fewer_calibration_rows_than_unknowns():
+    model = _capture(seeded(MLP, 16, 64, 8), (2, 16))
+    rng = np.random.default_rng(0)
+    data = [{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(3)]  # 16 calibration rows
+    details = sparc.compile(model, calibration=data, latency_rounds=0,
+                            recipe=[ChannelCrop(ratio=0.5, round_to=1, reconstruct=True)]).report.passes[-1].details
+    assert details["refinement"]["reconstruct"] == details["refinement"]["none"]  # 32 kept inputs: not refitted

@@ -17,7 +17,8 @@ heads). Blocked groups are left alone and reported with the reason. For each pru
    consumer's bias absorbs the removed channels' mean contribution, mean(xᵢ)·ΣW[:, i].
    With ``reconstruct``, consumers that are linear layers or 1×1 convolutions are refitted
    by least squares on calibration statistics: with f = [x_K, 1] (kept inputs and a constant),
-   [W'; Δb] = E[f fᵀ]⁻¹·E[f xᵀ]·W, so they best reproduce their original outputs. Each
+   [W'; Δb] = E[f fᵀ]⁻¹·E[f xᵀ]·W, so they best reproduce their original outputs; only
+   where calibration gives at least 4 rows per unknown (else the fit follows noise). Each
    refinement asked for is tried on a copy and kept only if it lowers the model's output
    error on calibration batches (the report says which won).
 """
@@ -48,6 +49,7 @@ IMPORTANCE = ("l1", "l2", "bn_scale", "activation")
 REFINEMENTS = {"none": (False, False), "bias": (True, False), "reconstruct": (False, True)}
 REFINEMENT_BATCHES = 4
 REFIT_DAMPING = 1e-3
+MIN_ROWS_PER_UNKNOWN = 4  # calibration rows per refitted weight row
 
 
 @register
@@ -258,6 +260,12 @@ def _refittable(member: Member) -> bool:
     return node.op_type in ("MatMul", "Gemm")
 
 
+def _well_determined(stats, kept: np.ndarray) -> bool:
+    """Least squares over |K|+1 unknowns needs clearly more calibration rows than that;
+    with fewer (a classifier after Flatten, few samples) the refit fits noise."""
+    return stats.gram.rows >= MIN_ROWS_PER_UNKNOWN * (len(kept) + 1)
+
+
 def _ratio(owner, ratio):
     if isinstance(ratio, dict):
         return {str(k): number(owner, f"ratio[{k}]", v, low=0.0, high=0.95) for k, v in ratio.items()}
@@ -304,7 +312,9 @@ def _apply_plan(graph, plan, stats, compensate: bool, reconstruct: bool) -> None
             if constant_array(node.inputs[index]) is None:
                 continue
             refit = None
-            if reconstruct and member.role == "consumer" and _refittable(member):
+            if reconstruct and member.role == "consumer" and _refittable(member) and _well_determined(
+                stats[member.space.value.name], kept[member.space]
+            ):
                 refit, delta = _refit(node, member, kept[member.space], stats[member.space.value.name])
             elif compensate and member.role == "consumer":
                 delta = _compensation(node, member, kept[member.space], stats)
