@@ -47,7 +47,8 @@ def _sparse_weight(rng, layout, n_out, k_in):
 
 
 LAYOUTS = [Layout("dense"), Layout("bsr", (16, 1)), Layout("bsr", (8, 1)), Layout("bsr", (4, 1)),
-           Layout("bsr", (1, 1)), Layout("bsr", (4, 4)), Layout("nm", n=2, m=4), Layout("nm", n=4, m=8)]
+           Layout("bsr", (1, 1)), Layout("bsr", (4, 4)), Layout("bsr", (16, 1), order="rows"),
+           Layout("bsr", (4, 4), order="rows"), Layout("nm", n=2, m=4), Layout("nm", n=4, m=8)]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.describe())
@@ -111,7 +112,8 @@ def test_layout_choice_keeps_the_fastest_and_falls_back_to_dense(tmp_path, monke
     assert picked.layout == Layout("dense") and picked.timings_ms["2:4"] > picked.timings_ms["dense"]
     blocky = _sparse_weight(rng, Layout("bsr", (16, 1)), 256, 256)  # 40% of 16x1 blocks
     picked = choose.choose_layout(blocky, 64, "none", TARGET, threads=1)
-    assert picked.layout == min(choose.candidates(blocky), key=lambda c: picked.timings_ms[c.describe()])
+    assert picked.layout == min(choose.candidates(blocky, 64), key=lambda c: picked.timings_ms[c.describe()])
+    assert "bsr 16x1, rows outer" in picked.timings_ms  # 64 rows: both loop orders timed
     assert (tmp_path / "tvm-layouts.json").exists()
 
 

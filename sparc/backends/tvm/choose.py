@@ -1,7 +1,7 @@
 """Per-layer choice of weight layout: time each candidate kernel here, keep the fastest.
 
 Candidates for W[N, K]: ``dense`` always; ``bsr`` br×1 for br in 16, 8, 4 (br | N) when at most
-70% of those blocks hold a non-zero, ``bsr`` 1×1 (CSR) at most 5% density (CSR kernels lose to
+70% of those blocks hold a non-zero (both loop orders from 64 rows on), ``bsr`` 1×1 (CSR) at most 5% density (CSR kernels lose to
 dense above that on CPUs); ``nm`` 2:4 / 4:8 when W satisfies it. Each candidate kernel is
 compiled alone and timed on random X of the layer's real row count (median of repeats).
 A kernel's time depends on the layer's shape, rows, epilogue and the fraction of blocks
@@ -28,6 +28,7 @@ MAX_BLOCK_DENSITY = 0.7
 MAX_CSR_DENSITY = 0.05
 NM_PATTERNS = ((2, 4), (4, 8))
 HEURISTIC_BLOCK_DENSITY = 0.5
+ROWS_OUTER_FROM = 64  # rows from which the rows-outer BSR loop order is also timed
 
 
 @dataclass
@@ -47,8 +48,8 @@ class Choice:
         return f"{self.shape[0]}x{self.shape[1]}{epilogue} rows {self.rows}: {self.layout.describe()} {measured}"
 
 
-def candidates(weight_nk: np.ndarray) -> list[Layout]:
-    """The layouts worth timing for W[N, K] (see the module docstring)."""
+def candidates(weight_nk: np.ndarray, rows: int = 1) -> list[Layout]:
+    """The layouts worth timing for W[N, K] applied to ``rows`` rows (module docstring)."""
     nonzero = weight_nk != 0
     found = [Layout("dense")]
     n_out = weight_nk.shape[0]
@@ -56,6 +57,8 @@ def candidates(weight_nk: np.ndarray) -> list[Layout]:
         layout = Layout("bsr", (br, 1))
         if n_out % br == 0 and stored_fraction(weight_nk, layout) <= MAX_BLOCK_DENSITY:
             found.append(layout)
+            if rows >= ROWS_OUTER_FROM:
+                found.append(Layout("bsr", (br, 1), order="rows"))
     if nonzero.mean() <= MAX_CSR_DENSITY:
         found.append(Layout("bsr", (1, 1)))
     for n, m in NM_PATTERNS:
@@ -70,7 +73,7 @@ def choose_layout(weight_nk, rows: int, activation: str, target, *, threads: int
     (for a machine we cannot run on: the largest br×1 block layout storing at most
     ``HEURISTIC_BLOCK_DENSITY`` of the blocks, else dense), ``dense``."""
     shape = tuple(weight_nk.shape)
-    options = candidates(weight_nk)
+    options = candidates(weight_nk, rows)
     if mode == "heuristic":
         return Choice(shape, rows, _heuristic(weight_nk, options), activation)
     if mode == "dense" or len(options) == 1:

@@ -8,11 +8,14 @@ Every kernel computes Y[M, N] = act(X[M, K] · Wᵀ + b) for W[N, K] stored in o
 - ``nm``: ``values[N, G·n]`` and ``positions[N, G·n]`` (place inside each group of m inputs),
   G = ceil(K / m).
 
-Schedule (written into the loops, no tuning): output row panels run in parallel; inside,
-``ROWS`` rows of X at a time keep a ROWS×br accumulator tile in registers while the panel's
-stored columns stream by (for each stored column: one vector load of weights, ROWS broadcast
-FMAs, vectorized over the panel's br rows); the epilogue (bias, activation) is applied when
-the tile is written. Rows left over after the last full tile use a one-row tile.
+Schedule (written into the loops, no tuning): ``ROWS`` rows of X at a time keep a ROWS×br
+accumulator tile in registers while an output panel's stored columns stream by (for each
+stored column: one vector load of weights, ROWS broadcast FMAs, vectorized over the panel's
+br rows); the epilogue (bias, activation) is applied when the tile is written. Rows left
+over after the last full tile use a one-row tile. BSR has two loop orders: output panels in
+parallel, each sweeping all rows (the weights stay in cache; best for few rows), or row tiles
+in parallel, each sweeping all panels (X's tile stays in L1 while the compressed weight
+streams from L2; best for many rows at low density). The layout choice times both.
 Activations use polynomial exp/erf (no libm calls), so epilogues vectorize too.
 """
 
@@ -26,7 +29,7 @@ from tvm.script import tirx as T
 
 from sparc.ops import formats
 
-VERSION = 1  # bump when kernels change: cached layout timings are keyed by it
+VERSION = 2  # bump when kernels change: cached layout timings are keyed by it
 ROWS = 4  # rows of X per register tile
 PANEL = 16  # output rows per dense panel
 
@@ -81,10 +84,12 @@ class Layout:
     block: tuple[int, int] = (1, 1)
     n: int = 0
     m: int = 0
+    order: str = "panels"  # bsr loop order: "panels" (output panels in parallel) or "rows"
 
     def describe(self) -> str:
         if self.format == "bsr":
-            return f"bsr {self.block[0]}x{self.block[1]}"
+            rows = ", rows outer" if self.order == "rows" else ""
+            return f"bsr {self.block[0]}x{self.block[1]}{rows}"
         if self.format == "nm":
             return f"{self.n}:{self.m}"
         return "dense"
@@ -115,7 +120,7 @@ def linear_kernel(m_rows: int, k_in: int, n_out: int, layout: Layout, weights: l
     if layout.format == "dense":
         return _dense(m_rows, k_in, n_out, act)
     if layout.format == "bsr":
-        return _bsr(m_rows, k_in, n_out, layout.block, weights[0].shape[0], act)
+        return _bsr(m_rows, k_in, n_out, layout.block, weights[0].shape[0], act, layout.order == "rows")
     return _nm(m_rows, k_in, n_out, layout.n, layout.m, act)
 
 
@@ -156,15 +161,32 @@ def _dense(M: int, K: int, N: int, act):
     return dense_linear
 
 
-def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act):
+def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act, rows_outer: bool):
     BR, BC = block
     NB = N // BR
     TILES = M // ROWS
+    TAIL = M - TILES * ROWS
     NZ = max(NNZB, 1)  # a weight with no stored block still needs a buffer
     load = _guarded_load(K) if K % BC else _plain_load
 
+    @T.macro
+    def tile(X, V, I, P, B, Y, r, first, count):
+        """Rows first..first+count of output panel r, the accumulators in registers."""
+        acc = T.decl_buffer((count, BR), "float32", scope="local")
+        for i in T.unroll(count):
+            for b in T.vectorized(BR):
+                acc[i, b] = B[r * BR + b]
+        for j in range(P[r], P[r + 1]):
+            for c in T.unroll(BC):
+                for i in T.unroll(count):
+                    for b in T.vectorized(BR):
+                        acc[i, b] = acc[i, b] + V[j, b, c] * load(X, first + i, I[j] * BC + c)
+        for i in T.unroll(count):
+            for b in T.vectorized(BR):
+                Y[first + i, r * BR + b] = act(acc[i, b])
+
     @T.prim_func
-    def bsr_linear(
+    def bsr_panels_outer(
         X: T.Buffer((M, K), "float32"), V: T.Buffer((NZ, BR, BC), "float32"),
         I: T.Buffer((NZ,), "int32"), P: T.Buffer((NB + 1,), "int32"),
         B: T.Buffer((N,), "float32"), Y: T.Buffer((M, N), "float32"),
@@ -172,30 +194,25 @@ def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act):
         T.func_attr({"tirx.noalias": True})
         for r in T.parallel(NB):
             for t in range(TILES):
-                acc = T.decl_buffer((ROWS, BR), "float32", scope="local")
-                for i in T.unroll(ROWS):
-                    for b in T.vectorized(BR):
-                        acc[i, b] = B[r * BR + b]
-                for j in range(P[r], P[r + 1]):
-                    for c in T.unroll(BC):
-                        for i in T.unroll(ROWS):
-                            for b in T.vectorized(BR):
-                                acc[i, b] = acc[i, b] + V[j, b, c] * load(X, t * ROWS + i, I[j] * BC + c)
-                for i in T.unroll(ROWS):
-                    for b in T.vectorized(BR):
-                        Y[t * ROWS + i, r * BR + b] = act(acc[i, b])
-            for row in range(TILES * ROWS, M):
-                one = T.decl_buffer((BR,), "float32", scope="local")
-                for b in T.vectorized(BR):
-                    one[b] = B[r * BR + b]
-                for j in range(P[r], P[r + 1]):
-                    for c in T.unroll(BC):
-                        for b in T.vectorized(BR):
-                            one[b] = one[b] + V[j, b, c] * load(X, row, I[j] * BC + c)
-                for b in T.vectorized(BR):
-                    Y[row, r * BR + b] = act(one[b])
+                tile(X, V, I, P, B, Y, r, t * ROWS, ROWS)
+            for row in range(TAIL):
+                tile(X, V, I, P, B, Y, r, TILES * ROWS + row, 1)
 
-    return bsr_linear
+    @T.prim_func
+    def bsr_rows_outer(
+        X: T.Buffer((M, K), "float32"), V: T.Buffer((NZ, BR, BC), "float32"),
+        I: T.Buffer((NZ,), "int32"), P: T.Buffer((NB + 1,), "int32"),
+        B: T.Buffer((N,), "float32"), Y: T.Buffer((M, N), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for t in T.parallel(TILES):
+            for r in range(NB):
+                tile(X, V, I, P, B, Y, r, t * ROWS, ROWS)
+        for row in range(TAIL):
+            for r in range(NB):
+                tile(X, V, I, P, B, Y, r, TILES * ROWS + row, 1)
+
+    return bsr_rows_outer if rows_outer else bsr_panels_outer
 
 
 def _nm(M: int, K: int, N: int, n: int, m: int, act):
