@@ -59,7 +59,11 @@ def test_verify_rejects_broken_patterns():
     weight = np.ones((8, 8))
     assert not verify(weight, Pattern("nm", 0.5, 2, 4))[0]
     assert not verify(weight, Pattern("unstructured", 0.5))[0]
-    weight[0, 0] = 0.0  # one tile partly zero
+    assert not verify(weight, Pattern("block", 0.5, block=(4, 1)))[0]  # all 16 tiles hold non-zeros
+    weight[4:] = 0.0  # 8 of 16 tiles kept
+    weight[0, 0] = 0.0  # a kept tile may hold zeros (real weights do: SmolLM2's dequantized ones)
+    assert verify(weight, Pattern("block", 0.5, block=(4, 1)))[0]
+    weight[5, 0] = 1.0  # a non-zero outside the kept tiles
     assert not verify(weight, Pattern("block", 0.5, block=(4, 1)))[0]
 
 
