@@ -12,8 +12,9 @@ stories, quality the Pearson r against the 1,225 human-rated Lee pairs.
 Export size: each sparsified model fused (FuseSparseOps) and written as ``standard``
 (dense weights, stock ONNX) and ``sparc`` (compressed ``ai.sparc.SparseLinear``).
 
-Usage: python benchmarks/sparsity.py [--part smollm2 minilm] [--methods ...]
-Writes results/sparsity_smollm2.{json,md} and results/sparsity_minilm.{json,md}.
+Usage: python benchmarks/sparsity.py [--part smollm2 minilm sizes] [--methods ...]
+Writes results/sparsity_smollm2.{json,md} and results/sparsity_minilm.{json,md};
+``--part sizes`` only the SmolLM2 export sizes (results/sparsity_sizes.{json,md}).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ MINILM_PATTERNS = {key: SMOLLM2_PATTERNS[key] for key in ("2:4", "50% unstructur
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", nargs="+", default=["smollm2", "minilm"], choices=["smollm2", "minilm"])
+    parser.add_argument("--part", nargs="+", default=["smollm2", "minilm"], choices=["smollm2", "minilm", "sizes"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--patterns", nargs="+", default=list(SMOLLM2_PATTERNS), choices=list(SMOLLM2_PATTERNS))
     parser.add_argument("--calib", type=int, default=64, help="SmolLM2 calibration windows of 512")
@@ -55,6 +56,23 @@ def main() -> None:
         smollm2(args)
     if "minilm" in args.part:
         minilm(args)
+    if "sizes" in args.part:
+        smollm2_sizes(args)
+
+
+def smollm2_sizes(args) -> None:
+    """Export sizes only (magnitude masks, fused), for every SmolLM2 pattern."""
+    path = str(zoo.smollm2_onnx())
+    rows, data = [], {}
+    for name in args.patterns:
+        compiled = _compile(path, SMOLLM2_PATTERNS[name]("magnitude"), None, threads=2)
+        data[name] = _export_sizes(compiled, None)
+        rows.append(f"| {name} | {data[name]['standard']:.1f} | {data[name]['sparc']:.1f} | "
+                    f"{data[name]['sparc'] / data[name]['standard']:.2f} |")
+        print(rows[-1], flush=True)
+    table = ("# SmolLM2-135M export size after FuseSparseOps (MB)\n\n"
+             "| pattern | standard | sparc | ratio |\n|---|---:|---:|---:|\n" + "\n".join(rows) + "\n")
+    write_results("sparsity_sizes", data, table)
 
 
 def smollm2(args) -> None:
