@@ -10,6 +10,7 @@ from sparc.passes.nm_sparsity import NMSparsity
 from sparc.passes.pipeline import Pipeline
 from sparc.passes.remove_unused import RemoveUnused
 from sparc.passes.slice_rows_columns import SliceRowsColumns
+from sparc.passes.token_router import TokenRouter
 from sparc.passes.unstructured_sparsity import UnstructuredSparsity
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "RemoveUnused",
     "SliceRowsColumns",
     "SparcPass",
+    "TokenRouter",
     "build_pass",
 ]
