@@ -7,6 +7,9 @@ so the analysis does not guess from names or symbolic dims: it runs the model at
 lengths and compares. A value is
 - gathered along its *sequence axes*: the axes whose size is n in both runs (n₁ ≠ n₂);
   axis 0 must then be the batch axis (size b, or 1 when broadcast over the batch);
+- *sliced* to its first k positions along its sequence axes when it has no batch axis but
+  does not depend on which tokens are kept, only on their order: a causal mask (constant on
+  and below the diagonal, constant above) or a value constant along those axes;
 - patched at its *length positions*: a 0-d or 1-d integer value (a shape) whose elements at
   those positions equal n in both runs (other elements must not change);
 - left alone when neither its shape nor (for integers) its contents change.
@@ -38,6 +41,7 @@ class SequenceValue:
     dtype: np.dtype
     seq_axes: tuple[int, ...] = ()
     batch_broadcast: bool = False
+    slice_only: bool = False
     length_positions: tuple[int, ...] = ()
     mask: str | None = None  # "bool", "additive" or "multiplicative"
 
@@ -97,6 +101,8 @@ def _classify_one(value, first, second, lengths, batch) -> SequenceValue | None:
             "in a way that is not a sequence axis; the blocks cannot be routed"
         )
     if seq_axes:
+        if 0 in seq_axes and _order_invariant(first, seq_axes):
+            return SequenceValue(value, first.ndim, first.size, first.dtype, seq_axes, slice_only=True)
         if 0 in seq_axes or first.shape[0] not in (1, batch):
             raise StructureError(
                 f"value {value.name!r} {list(first.shape)} has a sequence axis but no leading "
@@ -120,6 +126,22 @@ def _classify_one(value, first, second, lengths, batch) -> SequenceValue | None:
     if first.dtype.kind in "iu" and not np.array_equal(first, second):
         raise StructureError(f"integer value {value.name!r} depends on the sequence length")
     return None
+
+
+def _order_invariant(array: np.ndarray, seq_axes: tuple[int, ...]) -> bool:
+    """The values along the sequence axes depend only on token order (causal or constant)."""
+    rank = array.ndim
+    if seq_axes == (rank - 1,):
+        return bool(np.all(array == array[..., :1]))
+    if seq_axes != (rank - 2, rank - 1):
+        return False
+    n = array.shape[-1]
+    flat = array.reshape(-1, n, n)
+    lower = np.tril(np.ones((n, n), bool))
+    return all(
+        np.all(square[lower] == square[0, 0]) and np.all(square[~lower] == square[0, -1])
+        for square in flat
+    )
 
 
 def _mask_kind(array: np.ndarray, seq_axes: tuple[int, ...]) -> str | None:

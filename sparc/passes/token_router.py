@@ -186,7 +186,7 @@ class TokenRouter(SparcPass):
         k = ops.kept_count(keep, n, len(self.keep_tokens))
         order = ops.select(score, valid, ops.forced(positions, n, self.keep_tokens), k)
         for use in uses:
-            replacement = ops.gather(use, order, hidden) if use.seq_axes else ops.patch(use, k)
+            replacement = ops.gather(use, order, k, hidden) if use.seq_axes else ops.patch(use, k)
             _rewire(use.value, replacement, region)
         merged = ops.scatter(hidden, end, order, region)
         _forget_length(region, hidden.shape, f"{ops.prefix}_tokens")
@@ -413,9 +413,14 @@ class _Ops:
                                outputs=2, axis=1, largest=0, sorted=1)
         return self.op("Cast", ascending, to=ir.DataType.INT64)
 
-    def gather(self, use: SequenceValue, order: ir.Value, hidden: ir.Value) -> ir.Value:
-        """``use.value`` at the kept positions along each sequence axis, per batch row."""
+    def gather(self, use: SequenceValue, order: ir.Value, k: ir.Value, hidden: ir.Value) -> ir.Value:
+        """``use.value`` at the kept positions along each sequence axis, per batch row (or the
+        first k positions of an order-invariant value without a batch axis)."""
         value = use.value
+        if use.slice_only:
+            axes = list(use.seq_axes)
+            return self.op("Slice", value, self.i64([0] * len(axes)), self.op("Concat", *[k] * len(axes), axis=0),
+                           self.i64(axes))
         if use.batch_broadcast:
             ones = self.i64([1] * (use.rank - 1))
             value = self.op("Expand", value, self.op("Concat", self.dim(hidden, 0), ones, axis=0))
