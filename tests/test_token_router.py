@@ -219,3 +219,18 @@ def test_smollm2_routes_rotary_tables_and_masks():
     assert len(record["patched_shapes"]) == 4
     logits = OrtRunner(routed).run(batches[1])[name]
     assert logits.shape == (1, 64, 49152) and np.isfinite(logits).all()
+
+
+def test_routed_minilm_gives_the_same_outputs_in_onnxruntime_web(minilm_ir, padded_sentences, tmp_path):
+    """The exported routed model, run by onnxruntime-web (WebAssembly) in Node.js."""
+    from sparc.backends import ort_web
+
+    compiled = sparc.compile(minilm_ir, calibration=padded_sentences,
+                             recipe=[TokenRouter(keep=0.5, start_block=2)], latency_rounds=0)
+    path = compiled.export(tmp_path / "routed.onnx")
+    feeds = padded_sentences[1]
+    expected = compiled.run(feeds)
+    got = ort_web.run(path, feeds)
+    assert set(got) == set(expected)
+    for name, array in expected.items():
+        np.testing.assert_allclose(got[name], array, rtol=1e-4, atol=1e-5)
