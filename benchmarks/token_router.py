@@ -75,7 +75,7 @@ def run_model(name: str, setup, rounds: int) -> None:
     dense = OrtRunner(base, threads=1)
     dense_quality = measure(dense.run)
     dense_macs = count_macs(base, feeds[128])[0]
-    records = [{"router": "dense", "quality": dense_quality}]
+    records = [{"router": "dense", "quality": dense_quality}]  # results are rewritten after each row
     print(name, "dense", dense_quality, flush=True)
     for start in starts:
         for keep in KEEPS:
@@ -98,7 +98,7 @@ def run_model(name: str, setup, rounds: int) -> None:
                           "recall": router.details["routers"][0]["held_out_recall"]}
                 records.append(record)
                 print(name, record, flush=True)
-    write_results(f"token_router_{name}", records, _table(name, depth, records))
+                write_results(f"token_router_{name}", records, _table(name, depth, records))
 
 
 def _table(name: str, depth: int, records: list[dict]) -> str:
