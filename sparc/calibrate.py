@@ -304,19 +304,27 @@ def _masked_rows(array: np.ndarray, feeds: Feeds, row_mask) -> np.ndarray:
     return rows[mask.astype(bool)]
 
 
-def exposing(model: ir.Model, names: Sequence[str]) -> ir.Model:
-    """A copy of ``model`` whose graph outputs are exactly the values named ``names``."""
-    from sparc.ir_utils import copy_model
+def exposing_runner(model: ir.Model, names: Sequence[str], *, threads: int | None = None):
+    """An ONNX Runtime session of ``model`` whose outputs are exactly the values ``names``.
 
-    clone = copy_model(model)
-    values = _values_by_name(clone)
+    The graph outputs are swapped for the session and restored (the nodes are left in
+    topological order), so no copy of the model, weights included, is made.
+    """
+    from sparc.backends.onnxruntime import OrtRunner
+
+    values = _values_by_name(model)
     missing = [n for n in names if n not in values]
     if missing:
         raise CalibrationError(f"cannot expose unknown values {missing}")
-    clone.graph.outputs.clear()
-    for name in names:
-        clone.graph.outputs.append(values[name])
-    return clone
+    saved = list(model.graph.outputs)
+    model.graph.sort()
+    model.graph.outputs.clear()
+    model.graph.outputs.extend(values[name] for name in names)
+    try:
+        return OrtRunner(model, threads=threads)
+    finally:
+        model.graph.outputs.clear()
+        model.graph.outputs.extend(saved)
 
 
 def _values_by_name(model: ir.Model) -> dict[str, ir.Value]:
@@ -340,10 +348,8 @@ def collect(
 
     Values that are initializers are not run: reducers of constants make no sense.
     """
-    from sparc.backends.onnxruntime import OrtRunner
-
     names = list(reducers)
-    runner = OrtRunner(exposing(model, names), threads=threads)
+    runner = exposing_runner(model, names, threads=threads)
     for feeds in _progress(data, description):
         try:
             arrays = runner.run(feeds)

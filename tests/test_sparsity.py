@@ -8,7 +8,7 @@ import pytest
 import sparc
 from sparc import sparsegpt
 from sparc.analysis.linear import find_linear_layers
-from sparc.calibrate import as_calibration, exposing, run_batches
+from sparc.calibrate import as_calibration, exposing_runner
 from sparc.errors import PassError, RecipeError, SparcError
 from sparc.ir_utils import copy_model
 from sparc.passes import BlockSparsity, NMSparsity, UnstructuredSparsity
@@ -83,8 +83,9 @@ def test_annotation_round_trips_and_rejects_garbage():
 def real_layer(minilm_ir, minilm_batches):
     """MiniLM layer 0's FFN up-projection (384→1536) and its real inputs X [rows, 384]."""
     layer = next(layer for layer in find_linear_layers(minilm_ir.graph) if "0.intermediate" in layer.name)
-    outputs = run_batches(exposing(minilm_ir, [layer.input.name]), as_calibration(minilm_batches, minilm_ir))
-    x = np.concatenate([o[0].reshape(-1, layer.in_features) for o in outputs]).astype(np.float64)
+    runner = exposing_runner(minilm_ir, [layer.input.name])
+    outputs = [runner.run(feeds)[layer.input.name] for feeds in as_calibration(minilm_batches, minilm_ir)]
+    x = np.concatenate([o.reshape(-1, layer.in_features) for o in outputs]).astype(np.float64)
     return layer.weight_kn().T.astype(np.float64), x
 
 

@@ -29,7 +29,6 @@ read outside it; a length-dependent value the analysis cannot cut; ``attention``
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -49,7 +48,7 @@ from sparc.analysis.sequence import (
     truncated,
 )
 from sparc.analysis.transformer import StructureError
-from sparc.backends.onnxruntime import OrtRunner
+from sparc.calibrate import exposing_runner
 from sparc.errors import RecipeError
 from sparc.ir_utils import add_initializer
 from sparc.passes.base import SparcPass, choice, integer, number, register
@@ -57,7 +56,6 @@ from sparc.passes.base import SparcPass, choice, integer, number, register
 logger = logging.getLogger(__name__)
 
 ROUTERS = ("learned", "norm", "attention")
-FEATURES = ("position", "log_norm", "log_attention", "log_update")
 BIG = 1e30
 EPS = 1e-6
 HELD_OUT = 0.25
@@ -143,19 +141,21 @@ class TokenRouter(SparcPass):
         what enters a block is the same before and after earlier blocks are routed, except
         the hidden state, which routing replaces by an equivalent value.
         """
-        entering = {b.index: _entering(model.graph, nodes_between(b.input, b.output)) for b in blocks}
+        entering = {}
         for block in blocks:
-            _check_closed(nodes_between(block.input, block.output), block.output)
+            region = nodes_between(block.input, block.output)
+            _check_closed(region, block.output)
+            entering[block.index] = _entering(model.graph, region)
         batch = self.calibration.batches[0]
         feeds = {k: np.concatenate([v[:2]] * (2 if len(v) < 2 else 1))[:2] for k, v in batch.items()}
         names = list(dict.fromkeys(v.name for values in entering.values() for v in values))
-        with _exposed(model, names, self.threads) as runner:
-            long = runner.run(feeds)
-            length = long[blocks[0].input.name].shape[1]
-            if length < 8:
-                raise StructureError(f"calibration sequences have {length} tokens; routing needs ≥ 8 to probe")
-            axes = input_sequence_axes(model.graph.inputs, feeds, length)
-            short = runner.run(truncated(feeds, axes, length - max(2, length // 4)))
+        runner = exposing_runner(model, names, threads=self.threads)
+        long = runner.run(feeds)
+        length = long[blocks[0].input.name].shape[1]
+        if length < 8:
+            raise StructureError(f"calibration sequences have {length} tokens; routing needs ≥ 8 to probe")
+        axes = input_sequence_axes(model.graph.inputs, feeds, length)
+        short = runner.run(truncated(feeds, axes, length - max(2, length // 4)))
         self._length = length
         uses = {}
         for block in blocks:
@@ -174,13 +174,12 @@ class TokenRouter(SparcPass):
         original = state.inputs[index]
         uses = [dataclasses.replace(u, value=hidden) if u.value is original else u for u in uses]
         ops = _Ops(state, f"router{index}")
-        n = ops.length(hidden)
+        n = ops.dim(hidden, 1)
         positions = ops.positions(hidden, n)
         valid = ops.validity([u for u in uses if u.mask], n, hidden)
         features = ops.features(hidden, positions, n, previous, state.orders.get(index - 1))
         fitted, recalls = None, {}
         if self.router == "learned":
-            state.model.graph.sort()
             fitted, recalls = self._fit(state, ops, hidden, end, keep, [blocks[index].softmax.outputs[0]])
         score = ops.score(self.router, features, fitted)
         k = ops.kept_count(keep, n, len(self.keep_tokens))
@@ -207,7 +206,7 @@ class TokenRouter(SparcPass):
 
     def _fit(self, state: _State, ops: _Ops, hidden: ir.Value, end: ir.Value, share: float,
              attention: list[ir.Value]):
-        """Fit the learned router (when chosen); every router kind's held-out top-k recall.
+        """Fit the learned router; every router kind's held-out top-k recall.
 
         The target of token i weighs equally what skipping it costs the token itself and what
         it costs the others: ½·z(log ‖yᵢ − hᵢ‖/‖hᵢ‖) + ½·z(log Σ attention token i receives in
@@ -217,9 +216,8 @@ class TokenRouter(SparcPass):
         names = [ops.features_value.name, ops.valid_float.name, hidden.name, end.name]
         received = [a.name for a in attention if a.shape is not None and len(a.shape) == 4]
         rows = {"features": [], "valid": [], "target": []}
-        with _exposed(state.model, names + received, self.threads) as runner:
-            outputs = [runner.run(feeds) for feeds in self.calibration]
-        for out in outputs:
+        runner = exposing_runner(state.model, names + received, threads=self.threads)
+        for out in (runner.run(feeds) for feeds in self.calibration):
             features, valid, x, y = (out[name] for name in names)
             valid = valid > 0.5
             change = np.linalg.norm(y - x, axis=-1) / (np.linalg.norm(x, axis=-1) + EPS)
@@ -233,11 +231,9 @@ class TokenRouter(SparcPass):
         count = len(rows["target"])
         held = max(1, int(round(count * HELD_OUT))) if count > 1 else 0
         split = count - held
-        fitted = None
-        if self.router == "learned":
-            train_f = np.concatenate([f[m] for f, m in zip(rows["features"][:split], rows["valid"][:split])])
-            train_t = np.concatenate([t[m] for t, m in zip(rows["target"][:split], rows["valid"][:split])])
-            fitted = router_mlp.fit(train_f, train_t, hidden=self.hidden)
+        train_f = np.concatenate([f[m] for f, m in zip(rows["features"][:split], rows["valid"][:split])])
+        train_t = np.concatenate([t[m] for t, m in zip(rows["target"][:split], rows["valid"][:split])])
+        fitted = router_mlp.fit(train_f, train_t, hidden=self.hidden)
         recalls = {}
         if held:
             features = _stack(rows["features"][split:])
@@ -245,8 +241,7 @@ class TokenRouter(SparcPass):
             scores = {"norm": features[..., 1]}
             if ops.has_attention:
                 scores["attention"] = features[..., 2]
-            if fitted is not None:
-                scores["learned"] = fitted.score(features)
+            scores["learned"] = fitted.score(features)
             recalls = {kind: round(router_mlp.recall(s, target, valid, share), 4) for kind, s in scores.items()}
         return fitted, recalls
 
@@ -298,9 +293,6 @@ class _Ops:
     def dim(self, x: ir.Value, axis: int) -> ir.Value:
         """Size of axis ``axis`` of ``x`` as a 1-d int64 [1]."""
         return self.op("Gather", self.op("Shape", x), self.i64([axis]), axis=0)
-
-    def length(self, hidden: ir.Value) -> ir.Value:
-        return self.dim(hidden, 1)
 
     def batch_and(self, hidden: ir.Value, n: ir.Value) -> ir.Value:
         """The shape [batch, n]."""
@@ -465,23 +457,6 @@ class _Ops:
         return merged
 
 
-@contextlib.contextmanager
-def _exposed(model: ir.Model, names: list[str], threads: int | None):
-    """An ONNX Runtime session whose outputs are the values ``names`` (the model is restored)."""
-    values = {v.name: v for node in model.graph for v in node.outputs}
-    values.update({v.name: v for v in model.graph.inputs})
-    saved = list(model.graph.outputs)
-    model.graph.sort()
-    model.graph.outputs.clear()
-    model.graph.outputs.extend(values[name] for name in names)
-    try:
-        runner = OrtRunner(model, threads=threads)
-    finally:
-        model.graph.outputs.clear()
-        model.graph.outputs.extend(saved)
-    yield runner
-
-
 def _check_closed(region: set[ir.Node], end: ir.Value) -> None:
     """Only ``end`` may leave the routed blocks."""
     for node in region:
@@ -516,8 +491,8 @@ def _forget_length(region: set[ir.Node], hidden_shape: ir.Shape | None, name: st
             value.shape = ir.Shape(dims)
 
 
-def _renamed(dim, symbol: str | None, name: str):
-    if not isinstance(dim, ir.SymbolicDim) or symbol is None or dim.value is None:
+def _renamed(dim, symbol: str, name: str):
+    if not isinstance(dim, ir.SymbolicDim) or dim.value is None:
         return dim
     if dim.value == symbol:
         return ir.SymbolicDim(name)

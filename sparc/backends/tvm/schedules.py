@@ -69,30 +69,36 @@ class Injective(CPUScheduleRule):
     """Parallel, vectorized loops for functions with only spatial blocks."""
 
     def apply(self, func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        prepared = _inlined(self, func, target)
+        if prepared is None:
             return None
-        sch = s_tir.Schedule(func)
-        blocks = normalize_prim_func(sch)
-        if not blocks or not all(b.is_injective() for b in blocks):
-            return None
-        blocks = try_inline(sch, blocks)
-        if len(blocks) != 1:
+        sch, blocks = prepared
+        if len(blocks) != 1 or not blocks[0].is_injective():
             return None
         _parallel_vectorize(sch, blocks[0].block_rv, _lanes(target))
         return sch
+
+
+def _inlined(rule: CPUScheduleRule, func, target):
+    """(schedule, its blocks after inlining the element-wise ones) of a PrimFunc ``rule`` may
+    schedule on ``target``, else None."""
+    if not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target):
+        return None
+    sch = s_tir.Schedule(func)
+    blocks = normalize_prim_func(sch)
+    if not blocks:
+        return None
+    return sch, try_inline(sch, blocks)
 
 
 class SpatialReduction(CPUScheduleRule):
     """Parallel spatial loops around reductions that no other rule took."""
 
     def apply(self, func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        prepared = _inlined(self, func, target)
+        if prepared is None:
             return None
-        sch = s_tir.Schedule(func)
-        blocks = normalize_prim_func(sch)
-        if not blocks:
-            return None
-        blocks = try_inline(sch, blocks)
+        sch, blocks = prepared
         kinds = [b.dom_kind() for b in blocks]
         spatial = min(len(k) - len(k.lstrip("S")) for k in kinds)
         if spatial == 0:
@@ -112,13 +118,10 @@ class BatchMatmul(CPUScheduleRule):
     """Batched matmuls with constant-free operands, with optional element-wise epilogues."""
 
     def apply(self, func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        prepared = _inlined(self, func, target)
+        if prepared is None:
             return None
-        sch = s_tir.Schedule(func)
-        blocks = normalize_prim_func(sch)
-        if not blocks:
-            return None
-        blocks = try_inline(sch, blocks)
+        sch, blocks = prepared
         reductions = [b for b in blocks if not b.is_injective()]
         if len(reductions) != 1 or not reductions[0].dom_kind().endswith("SSR"):
             return None
