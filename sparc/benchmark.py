@@ -104,15 +104,20 @@ def compare(
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
             samples[name].append(_time_once(contestants[name], min_round_seconds))
+    milliseconds = {n: [x * 1e3 for x in s] for n, s in samples.items()}
+    return from_samples(milliseconds, threads=threads, label=label)
+
+
+def from_samples(samples: Mapping[str, list[float]], *, threads: int | None, label: str = "") -> Comparison:
+    """A :class:`Comparison` from per-round times in ms, measured interleaved elsewhere
+    (onnxruntime-web under Node.js, say); the first contestant is the baseline."""
+    names = list(samples)
     baseline = names[0]
     ratios = {
         n: statistics.median(s / b for s, b in zip(samples[n], samples[baseline])) for n in names
     }
-    timings = {
-        n: Timing(n, statistics.median(s) * 1e3, min(s) * 1e3, [x * 1e3 for x in s])
-        for n, s in samples.items()
-    }
-    return Comparison(timings, baseline, ratios, rounds, threads, label)
+    timings = {n: Timing(n, statistics.median(s), min(s), list(s)) for n, s in samples.items()}
+    return Comparison(timings, baseline, ratios, len(samples[baseline]), threads, label)
 
 
 def _time_once(function: Callable[[], object], min_seconds: float) -> float:

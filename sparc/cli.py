@@ -1,4 +1,4 @@
-"""The ``sparc`` command: compile, inspect, bench, demo.
+"""The ``sparc`` command: compile, inspect, bench, verify, demo.
 
 Errors print one line (``error: ...``) and exit with status 1; ``--verbose`` shows the
 traceback and the library's log.
@@ -85,6 +85,20 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=20, help="interleaved rounds")
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.set_defaults(handler=_bench)
+
+    verify = commands.add_parser("verify", help="run an ONNX file on a target (wasm, arm) and compare "
+                                 "its outputs with Python ONNX Runtime")
+    verify.add_argument("model", help="ONNX file")
+    verify.add_argument("--target", required=True, choices=["wasm", "arm"],
+                        help="wasm: onnxruntime-web in Node.js; arm: aarch64 ONNX Runtime under qemu")
+    verify.add_argument("--vs", help="original ONNX file to time beside MODEL (wasm)")
+    verify.add_argument("--inputs", help=".npz inputs (first --batch rows); default: made-up inputs")
+    verify.add_argument("--batch", type=int, default=1, help="batch size of made-up inputs")
+    verify.add_argument("--seq", type=int, default=128, help="sequence length of made-up inputs")
+    verify.add_argument("--threads", type=int, default=1, help="threads (WebAssembly numThreads; default 1)")
+    verify.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds with --vs (wasm)")
+    verify.add_argument("--json", action="store_true", help="print JSON")
+    verify.set_defaults(handler=_verify)
 
     demo = commands.add_parser("demo", help="compile the real MiniLM sentence encoder")
     demo.add_argument("--out", default="sparc-demo", help="output folder (default sparc-demo)")
@@ -194,6 +208,16 @@ def _bench(args) -> int:
     shapes = ", ".join(f"{k}{list(np.shape(v))}" for k, v in feeds.items())
     result = compare(contestants, rounds=args.rounds, threads=args.threads, label=f"inputs: {shapes}")
     print(result.to_json() if args.json else result.to_markdown())
+    return 0
+
+
+def _verify(args) -> int:
+    from sparc.backends.targets import verify
+    from sparc.bench_models import bench_inputs
+
+    feeds = bench_inputs([args.model], args.inputs, batch=args.batch, seq=args.seq)
+    check = verify(args.model, args.target, feeds, baseline=args.vs, threads=args.threads, rounds=args.rounds)
+    print(json.dumps(dataclasses.asdict(check), indent=2) if args.json else check.to_markdown())
     return 0
 
 

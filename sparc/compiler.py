@@ -14,6 +14,7 @@ import onnx_ir as ir
 from sparc import backends
 from sparc.analysis.cost import model_stats
 from sparc.backends.onnxruntime import export_onnx
+from sparc.backends.targets import CHECKED_TARGETS, verify_models
 from sparc.benchmark import compare
 from sparc.calibrate import CalibrationData, as_calibration, check_feeds, holdout_size
 from sparc.capture import capture, load_onnx
@@ -23,7 +24,7 @@ from sparc.ir_utils import copy_model
 from sparc.ops import has_sparc_ops, lower_to_standard
 from sparc.passes.pipeline import Pipeline
 from sparc.recipe import load_recipe
-from sparc.report import Latency, Report
+from sparc.report import Latency, Report, TargetCheck
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,9 @@ def compile(
                               latency_rounds if validate else 0, dict(backend_options or {}))
     elif validate and valid is not None and latency_rounds > 0:
         report.latency = _latency(original, runner, valid.batches[0], threads, latency_rounds)
+    if target in CHECKED_TARGETS:
+        report.target_check = _target_checked(result.model, original, target, data, threads,
+                                              latency_rounds if validate else 0)
     return CompiledModel(
         result.model, runner, backend=backend, target=target, report=report, original=original
     )
@@ -231,6 +235,15 @@ def _tvm_checked(runner, model, original, feeds, report, threads, rounds, option
         report.backend = "onnxruntime (fallback from tvm)"
         report.latency = _latency(original, runner, feeds, threads, rounds)
     return runner
+
+
+def _target_checked(model, original, target, data, threads, rounds) -> TargetCheck:
+    """The export run on ``target`` (onnxruntime-web, or aarch64 ONNX Runtime under qemu) on
+    the first validation batch, compared with Python ONNX Runtime; wasm also times it there."""
+    if data is None:
+        raise CalibrationError(f"target {target!r} checks the export on real inputs: give calibration data "
+                               "or example inputs")
+    return verify_models(model, original, target, data.batches[0], threads=threads or 1, rounds=rounds)
 
 
 def _relative_error(ours: np.ndarray, reference: np.ndarray) -> float:

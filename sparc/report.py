@@ -87,6 +87,33 @@ class Latency:
 
 
 @dataclasses.dataclass
+class TargetCheck:
+    """Outputs of the exported model on ``target`` against Python ONNX Runtime (and, for wasm,
+    its latency there beside the original's)."""
+
+    target: str
+    runtime: str
+    inputs: str
+    max_abs_diff: float
+    max_rel_diff: float
+    tolerance: float
+    latency: Latency | None = None
+
+    def to_markdown(self) -> str:
+        line = (f"{self.target} check ({self.runtime}; {self.inputs}): outputs match Python ONNX Runtime, "
+                f"max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g} "
+                f"(tolerance {self.tolerance:g})")
+        if self.latency is not None:
+            lat = self.latency
+            line += (f"; WebAssembly latency ({lat.threads} thread(s), {lat.rounds} interleaved rounds): "
+                     f"original {lat.original_ms:.2f} ms, compiled {lat.compiled_ms:.2f} ms, "
+                     f"ratio {lat.ratio:.3f} ({lat.speedup:.2f}x)")
+        elif self.target == "arm":
+            line += "; emulated, so not timed"
+        return line
+
+
+@dataclasses.dataclass
 class Report:
     """Everything a compile measured; ``str(report)`` is the markdown form."""
 
@@ -97,6 +124,7 @@ class Report:
     passes: list[PassEntry]
     validation: str
     latency: Latency | None = None
+    target_check: TargetCheck | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -145,6 +173,8 @@ class Report:
                 f"compiled {lat.compiled_ms:.2f} ms, ratio {lat.ratio:.3f} "
                 f"({lat.speedup:.2f}x)"
             )
+        if self.target_check is not None:
+            lines.append(self.target_check.to_markdown())
         details = [(e.name, e.details) for e in self.passes if e.details]
         if details:
             lines += ["", "## Pass details", ""]

@@ -230,7 +230,7 @@ def test_routed_minilm_gives_the_same_outputs_in_onnxruntime_web(minilm_ir, padd
     path = compiled.export(tmp_path / "routed.onnx")
     feeds = padded_sentences[1]
     expected = compiled.run(feeds)
-    got = ort_web.run(path, feeds)
+    got = ort_web.run({"routed": path}, feeds).outputs["routed"]
     assert set(got) == set(expected)
     for name, array in expected.items():
         np.testing.assert_allclose(got[name], array, rtol=1e-4, atol=1e-5)

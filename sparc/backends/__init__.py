@@ -9,7 +9,9 @@ import onnx_ir as ir
 
 from sparc.errors import BackendError
 
-BACKENDS: dict[str, tuple[str, ...]] = {"onnxruntime": ("cpu",), "tvm": ("cpu",)}
+# onnxruntime runs here on every target; wasm and arm add a check of the export on that
+# target to the compile (sparc.backends.targets)
+BACKENDS: dict[str, tuple[str, ...]] = {"onnxruntime": ("cpu", "wasm", "arm"), "tvm": ("cpu",)}
 BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("providers", "optimization"),
     "tvm": ("choose_layouts", "fallback"),

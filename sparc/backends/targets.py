@@ -1,0 +1,100 @@
+"""Deployment targets of the ONNX Runtime backend, and the check that an export runs on them.
+
+``cpu``: this machine's ONNX Runtime (the compiled model runs here). ``wasm``: the exported
+ONNX must give Python ONNX Runtime's outputs in onnxruntime-web (WebAssembly, Node.js), where
+it is also timed beside the original. ``arm``: the same outputs from the aarch64 ONNX Runtime
+wheel under qemu-user (correctness only; emulated time is not reported).
+
+The comparison: ``max |target − python| / max |python|`` over each output, the worst output
+counting; it must stay within ``TOLERANCE`` (float32 kernels differ in summation order).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from sparc.errors import BackendError
+from sparc.report import Latency, TargetCheck
+
+TARGETS = ("cpu", "wasm", "arm")
+CHECKED_TARGETS = ("wasm", "arm")
+TOLERANCE = 1e-3
+
+
+def verify(model: str | Path, target: str, feeds: Mapping[str, np.ndarray], *,
+           baseline: str | Path | None = None, threads: int = 1, rounds: int = 10) -> TargetCheck:
+    """Run the ONNX file ``model`` on ``target`` and compare with Python ONNX Runtime.
+
+    Raises :class:`BackendError` when the outputs differ beyond ``TOLERANCE``. For ``wasm``
+    with ``baseline`` (the original model) and ``rounds`` > 0, both are timed side by side.
+    """
+    from sparc.backends.onnxruntime import OrtRunner
+    from sparc.capture import load_onnx
+
+    if target not in CHECKED_TARGETS:
+        raise BackendError(f"target {target!r} has nothing to verify; choose from {list(CHECKED_TARGETS)}")
+    feeds = {k: np.asarray(v) for k, v in feeds.items()}
+    expected = OrtRunner(load_onnx(model), threads=threads).run(feeds)
+    latency = None
+    if target == "wasm":
+        from sparc.backends import ort_web
+
+        models = {"compiled": model} if baseline is None else {"original": baseline, "compiled": model}
+        result = ort_web.run(models, feeds, threads=threads, rounds=rounds if baseline is not None else 0)
+        got = result.outputs["compiled"]
+        runtime = f"onnxruntime-web {ort_web.version()} WebAssembly in Node.js"
+        if result.timing is not None:
+            original, compiled = result.timing.timings["original"], result.timing.timings["compiled"]
+            latency = Latency(original.median_ms, compiled.median_ms, result.timing.ratios["compiled"],
+                              threads, rounds, _shapes(feeds))
+    else:
+        from sparc.backends import arm
+
+        outputs, versions = arm.run({"compiled": model}, feeds)
+        got = outputs["compiled"]
+        runtime = (f"onnxruntime {versions['onnxruntime']} {versions['machine']} wheel, Python "
+                   f"{versions['python']}, under qemu-user")
+    worst_abs, worst_rel = _differences(got, expected, model, target)
+    if worst_rel > TOLERANCE:
+        raise BackendError(f"{model} on {target}: outputs differ from Python ONNX Runtime by {worst_rel:.3g} "
+                           f"(relative to the output scale; tolerance {TOLERANCE:g})")
+    return TargetCheck(target, runtime, _shapes(feeds), worst_abs, worst_rel, TOLERANCE, latency)
+
+
+def verify_models(model: ir.Model, original: ir.Model | None, target: str, feeds, *, threads: int = 1,
+                  rounds: int = 10) -> TargetCheck:
+    """:func:`verify` for in-memory models: exported (standard ONNX) to a scratch folder first."""
+    from sparc.backends.onnxruntime import export_onnx
+    from sparc.ops import has_sparc_ops, lower_to_standard
+
+    with tempfile.TemporaryDirectory(prefix="sparc-target-") as scratch:
+        folder = Path(scratch)
+        standard = lower_to_standard(model) if has_sparc_ops(model) else model
+        path = export_onnx(standard, folder / "compiled.onnx")
+        baseline = export_onnx(original, folder / "original.onnx") if original is not None else None
+        return verify(path, target, feeds, baseline=baseline, threads=threads, rounds=rounds)
+
+
+def _differences(got: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], model, target):
+    missing = sorted(set(expected) - set(got))
+    if missing:
+        raise BackendError(f"{model} on {target}: outputs {missing} are missing")
+    worst_abs = worst_rel = 0.0
+    for name, reference in expected.items():
+        ours = np.asarray(got[name])
+        if ours.shape != reference.shape:
+            raise BackendError(f"{model} on {target}: output {name!r} has shape {list(ours.shape)}, "
+                               f"Python ONNX Runtime gives {list(reference.shape)}")
+        difference = float(np.abs(ours.astype(np.float64) - reference).max(initial=0.0))
+        scale = max(float(np.abs(reference.astype(np.float64)).max(initial=0.0)), 1e-12)
+        worst_abs, worst_rel = max(worst_abs, difference), max(worst_rel, difference / scale)
+    return worst_abs, worst_rel
+
+
+def _shapes(feeds) -> str:
+    return ", ".join(f"{k}{list(np.asarray(v).shape)}" for k, v in feeds.items())
