@@ -12,6 +12,7 @@ a function in the model). Every problem is collected and raised together.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def _load_external_data(model: ir.Model, path: Path) -> None:
     for value in model.graph.initializers.values():
         tensor = value.const_value
         if isinstance(tensor, ir.ExternalTensor):
+            _check_external(tensor, value.name, path)
             try:
                 value.const_value = ir.Tensor(tensor.numpy(), name=value.name)
             except Exception as exc:
@@ -80,6 +82,31 @@ def _load_external_data(model: ir.Model, path: Path) -> None:
                     f"{path}: external data of tensor {value.name!r} "
                     f"({tensor.location}) cannot be read ({exc})"
                 ) from None
+
+
+def _check_external(tensor: ir.ExternalTensor, name: str, path: Path) -> None:
+    """Refuse, before reading anything, external data that lies outside the model's folder
+    (absolute ``location``, ``..`` escapes, symlinks leading out; CVE-2024-27318 and
+    CVE-2024-5187) or that holds fewer bytes than the tensor's declared shape and type need."""
+    folder = path.parent.resolve()
+    location = Path(tensor.location)
+    where = f"{path}: external data of tensor {name!r} ({tensor.location})"
+    if location.is_absolute() or not tensor.location:
+        raise UnsupportedModelError(f"{where}: the location must be a relative path inside {folder}")
+    target = (folder / location).resolve()
+    if not target.is_relative_to(folder):
+        raise UnsupportedModelError(f"{where}: the location leads outside the model's folder {folder}")
+    if not target.is_file():
+        raise UnsupportedModelError(f"{where}: no such file")
+    offset = tensor.offset or 0
+    available = target.stat().st_size - offset
+    declared = math.ceil(math.prod(tensor.shape.numpy()) * tensor.dtype.itemsize)
+    length = tensor.length if tensor.length is not None else available
+    if offset < 0 or length < declared or available < length:
+        raise UnsupportedModelError(
+            f"{where}: the tensor needs {declared:,} bytes at offset {offset:,}, the file holds "
+            f"{max(available, 0):,} bytes from there (declared length {tensor.length})"
+        )
 
 
 def _deserialize(proto: onnx.ModelProto, label: str) -> ir.Model:
