@@ -84,7 +84,8 @@ def run(models: Mapping[str, str | Path], feeds: Mapping[str, np.ndarray], *, th
     shutil.copyfile(RUNNER, runner)
     with tempfile.TemporaryDirectory(prefix="sparc-ort-web-") as scratch:
         work = Path(scratch)
-        job = {"models": {name: str(Path(path).resolve()) for name, path in models.items()},
+        job = {"models": {name: {"path": str(Path(path).resolve()), "external": _external_files(path)}
+                          for name, path in models.items()},
                "inputs": _write_inputs(work, feeds), "threads": threads, "rounds": rounds, "warmup": warmup}
         (work / "job.json").write_text(json.dumps(job))
         done = subprocess.run([node, str(runner), str(work)], capture_output=True, text=True,
@@ -100,6 +101,16 @@ def run(models: Mapping[str, str | Path], feeds: Mapping[str, np.ndarray], *, th
             samples = json.loads((work / "timings.json").read_text())
             timing = from_samples(samples, threads=threads, label=f"onnxruntime-web {version()} (WebAssembly, Node.js)")
         return WebRun(outputs, timing)
+
+
+def _external_files(path: str | Path) -> list[str]:
+    """The external data files an ONNX file's initializers name (onnxruntime-web is handed
+    their bytes; it cannot open files itself)."""
+    import onnx_ir as ir
+
+    graph = ir.load(str(path)).graph
+    return sorted({v.const_value.location for v in graph.initializers.values()
+                   if isinstance(v.const_value, ir.ExternalTensor)})
 
 
 def _write_inputs(work: Path, feeds: Mapping[str, np.ndarray]) -> dict:

@@ -1,6 +1,6 @@
 // Run ONNX models in onnxruntime-web (WebAssembly) under Node.js, as a browser would.
 // usage: node runner.mjs DIR
-// DIR/job.json: {"models": {name: path}, "inputs": {input: {file, dtype, shape}},
+// DIR/job.json: {"models": {name: {path, external: [data files beside it]}}, "inputs": {input: {file, dtype, shape}},
 //                "threads": n, "rounds": r, "warmup": w}
 // Writes each model's outputs as raw little-endian files listed in DIR/outputs.json
 // ({name: {output: {file, dtype, shape}}}) and, when rounds > 0, DIR/timings.json:
@@ -41,8 +41,9 @@ function writeOutputs(name, session, results) {
 const feeds = readFeeds();
 const sessions = {};
 const outputs = {};
-for (const [name, modelPath] of Object.entries(job.models)) {
-  sessions[name] = await ort.InferenceSession.create(new Uint8Array(fs.readFileSync(modelPath)));
+for (const [name, model] of Object.entries(job.models)) {
+  const externalData = model.external.map((file) => ({ path: file, data: new Uint8Array(fs.readFileSync(path.join(path.dirname(model.path), file))) }));
+  sessions[name] = await ort.InferenceSession.create(new Uint8Array(fs.readFileSync(model.path)), { externalData });
   const wanted = Object.fromEntries(sessions[name].inputNames.map((input) => [input, feeds[input]]));
   outputs[name] = writeOutputs(name, sessions[name], await sessions[name].run(wanted));
 }
