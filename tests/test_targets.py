@@ -66,3 +66,12 @@ def test_arm_without_a_rootfs_says_how_to_build_it(monkeypatch, tmp_path):
     monkeypatch.setenv("SPARC_CACHE", str(tmp_path))
     with pytest.raises(BackendError, match="python -m sparc.backends.arm"):
         arm.run({"m": tmp_path / "m.onnx"}, {})
+
+
+def test_wasm_reads_a_model_whose_weights_are_external(minilm_ir, minilm_batches, tmp_path):
+    import onnx_ir as ir
+
+    path = tmp_path / "minilm.onnx"
+    ir.save(minilm_ir, path, external_data="minilm.onnx.data")
+    check = targets.verify(path, "wasm", minilm_batches[0])
+    assert check.max_rel_diff < TIGHT
