@@ -24,7 +24,7 @@ from sparc.ir_utils import copy_model
 from sparc.ops import has_sparc_ops, lower_to_standard
 from sparc.passes.pipeline import Pipeline
 from sparc.recipe import load_recipe
-from sparc.report import Latency, Report, TargetCheck
+from sparc.report import Latency, Report, TargetCheck, feed_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def _tvm_checked(runner, model, original, feeds, report, threads, rounds, option
 
     start = time.perf_counter()
     runner.prepare({k: np.asarray(v).shape for k, v in feeds.items()})
-    report.notes.append(f"TVM compile for {_shapes(feeds)}: {time.perf_counter() - start:.1f} s")
+    report.notes.append(f"TVM compile for {feed_shapes(feeds)}: {time.perf_counter() - start:.1f} s")
     report.notes += [f"TVM layout {line}" for line in runner.layout_summary()]
     report.notes.append(f"TVM functions left unscheduled (serial): {', '.join(runner.unscheduled) or 'none'}")
     reference = OrtRunner(model, threads=threads).run(feeds)
@@ -251,10 +251,6 @@ def _relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(ours.astype(np.float64) - reference).max(initial=0.0)) / scale
 
 
-def _shapes(feeds) -> str:
-    return ", ".join(f"{k}{list(np.asarray(v).shape)}" for k, v in feeds.items())
-
-
 def _latency(original: ir.Model, runner, feeds, threads, rounds) -> Latency:
     from sparc.backends.onnxruntime import OrtRunner
 
@@ -265,7 +261,7 @@ def _latency(original: ir.Model, runner, feeds, threads, rounds) -> Latency:
         warmup=2,
         threads=threads,
     )
-    shapes = _shapes(feeds)
+    shapes = feed_shapes(feeds)
     return Latency(
         original_ms=result.timings["original"].median_ms,
         compiled_ms=result.timings["compiled"].median_ms,

@@ -70,6 +70,11 @@ class PassEntry:
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def feed_shapes(feeds) -> str:
+    """``name[shape], ...`` of a batch of inputs, as reports name what was run."""
+    return ", ".join(f"{k}{list(np.asarray(v).shape)}" for k, v in feeds.items())
+
+
 @dataclasses.dataclass
 class Latency:
     """Original and compiled model timed side by side (see sparc.benchmark)."""

@@ -139,4 +139,4 @@ def _tool(name: str, hint: str) -> str:
 
 
 if __name__ == "__main__":
-    print(build())
+    build()

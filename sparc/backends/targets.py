@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from sparc.errors import BackendError
-from sparc.report import Latency, TargetCheck
+from sparc.report import Latency, TargetCheck, feed_shapes
 
 TARGETS = ("cpu", "wasm", "arm")
 CHECKED_TARGETS = ("wasm", "arm")
@@ -51,7 +51,7 @@ def verify(model: str | Path, target: str, feeds: Mapping[str, np.ndarray], *,
         if result.timing is not None:
             original, compiled = result.timing.timings["original"], result.timing.timings["compiled"]
             latency = Latency(original.median_ms, compiled.median_ms, result.timing.ratios["compiled"],
-                              threads, rounds, _shapes(feeds))
+                              threads, rounds, feed_shapes(feeds))
     else:
         from sparc.backends import arm
 
@@ -63,7 +63,7 @@ def verify(model: str | Path, target: str, feeds: Mapping[str, np.ndarray], *,
     if worst_rel > TOLERANCE:
         raise BackendError(f"{model} on {target}: outputs differ from Python ONNX Runtime by {worst_rel:.3g} "
                            f"(relative to the output scale; tolerance {TOLERANCE:g})")
-    return TargetCheck(target, runtime, _shapes(feeds), worst_abs, worst_rel, TOLERANCE, latency)
+    return TargetCheck(target, runtime, feed_shapes(feeds), worst_abs, worst_rel, TOLERANCE, latency)
 
 
 def verify_models(model: ir.Model, original: ir.Model | None, target: str, feeds, *, threads: int = 1,
@@ -76,7 +76,8 @@ def verify_models(model: ir.Model, original: ir.Model | None, target: str, feeds
         folder = Path(scratch)
         standard = lower_to_standard(model) if has_sparc_ops(model) else model
         path = export_onnx(standard, folder / "compiled.onnx")
-        baseline = export_onnx(original, folder / "original.onnx") if original is not None else None
+        timed = target == "wasm" and rounds > 0 and original is not None
+        baseline = export_onnx(original, folder / "original.onnx") if timed else None
         return verify(path, target, feeds, baseline=baseline, threads=threads, rounds=rounds)
 
 
@@ -94,7 +95,3 @@ def _differences(got: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarra
         scale = max(float(np.abs(reference.astype(np.float64)).max(initial=0.0)), 1e-12)
         worst_abs, worst_rel = max(worst_abs, difference), max(worst_rel, difference / scale)
     return worst_abs, worst_rel
-
-
-def _shapes(feeds) -> str:
-    return ", ".join(f"{k}{list(np.asarray(v).shape)}" for k, v in feeds.items())
