@@ -10,6 +10,7 @@ however many batches there are.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from sparc.errors import CalibrationError
 logger = logging.getLogger(__name__)
 
 Feeds = dict[str, np.ndarray]
+MAX_SYNTHETIC_ELEMENTS = 2**28  # made-up inputs larger than this are a broken shape, not a size
 
 
 class CalibrationData:
@@ -198,6 +200,11 @@ def synthetic_feeds(
             d if isinstance(d, int) else dims.get(str(d.value), batch if axis == 0 else seq)
             for axis, d in enumerate(value.shape)
         ]
+        if any(d < 0 for d in shape) or math.prod(shape) > MAX_SYNTHETIC_ELEMENTS:
+            raise CalibrationError(
+                f"input {value.name!r} would be made up with shape {shape}: not a usable size "
+                f"(limit {MAX_SYNTHETIC_ELEMENTS:,} elements); give real inputs or other dims"
+            )
         dtype = value.dtype.numpy()
         if np.issubdtype(dtype, np.floating):
             feeds[value.name] = rng.standard_normal(shape).astype(dtype)

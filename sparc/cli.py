@@ -23,8 +23,7 @@ EXIT_ERROR = 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -40,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as exc:  # a bug in sparc or a dependency: still one line by default
         return _fail(args, f"internal error ({type(exc).__name__}: {exc}); rerun with --verbose")
+
+
+def dispatch(argv: list[str]) -> int:
+    """Run one command and let every exception through (for harnesses such as the fuzzer)."""
+    args = _parser().parse_args(argv)
+    return args.handler(args)
 
 
 def _fail(args, message: str) -> int:

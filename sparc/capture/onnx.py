@@ -28,6 +28,12 @@ MAX_OPSET = 23
 UPGRADE_OPSET = 17
 STANDARD_DOMAINS = ("", "ai.onnx")
 RUNTIME_DOMAINS = ("com.microsoft", "ai.sparc")
+COMPLEX = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
+DTYPE_BITS = {  # bits per element of every numeric ONNX data type
+    code: ir.DataType(code).bitwidth
+    for code in onnx.TensorProto.DataType.values()
+    if code not in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING)
+}
 
 def load_onnx(source, *, name: str | None = None) -> ir.Model:
     """Return a normalized, independent IR copy of an ONNX model from any accepted source."""
@@ -60,6 +66,7 @@ def _read_file(path: Path) -> ir.Model:
             f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})"
         ) from None
     _check_is_model(proto, str(path))
+    check_tensors(proto, str(path), path.parent)
     try:
         model = ir.serde.deserialize_model(proto)
         ir.external_data.set_base_dir(model.graph, path.parent)
@@ -69,48 +76,163 @@ def _read_file(path: Path) -> ir.Model:
     return model
 
 
-def _load_external_data(model: ir.Model, path: Path) -> None:
-    """Bring external tensors into memory so the IR no longer depends on the user's files."""
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if isinstance(tensor, ir.ExternalTensor):
-            _check_external(tensor, value.name, path)
-            try:
-                value.const_value = ir.Tensor(tensor.numpy(), name=value.name)
-            except Exception as exc:
+def check_tensors(proto: onnx.ModelProto, label: str, folder: Path | None) -> None:
+    """Check every tensor (initializers, attributes, subgraphs) before any is read: a defined
+    data type, non-negative dims, and exactly the bytes its dims declare, inline or in an
+    external file inside ``folder`` (None: external data is refused)."""
+    for where, tensor in _proto_tensors(proto.graph):
+        where = f"{label}: {where}"
+        _check_dtype_and_dims(tensor, where)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            if folder is None:
                 raise UnsupportedModelError(
-                    f"{path}: external data of tensor {value.name!r} "
-                    f"({tensor.location}) cannot be read ({exc})"
-                ) from None
+                    f"{where} keeps its data in an external file; load the model from its path"
+                )
+            _check_external(tensor, where, folder)
+        else:
+            _check_inline(tensor, where)
 
 
-def _check_external(tensor: ir.ExternalTensor, name: str, path: Path) -> None:
-    """Refuse, before reading anything, external data that lies outside the model's folder
-    (absolute ``location``, ``..`` escapes, symlinks leading out; CVE-2024-27318 and
-    CVE-2024-5187) or that holds fewer bytes than the tensor's declared shape and type need."""
-    folder = path.parent.resolve()
-    location = Path(tensor.location)
-    where = f"{path}: external data of tensor {name!r} ({tensor.location})"
-    if location.is_absolute() or not tensor.location:
+def _proto_tensors(graph: onnx.GraphProto, prefix: str = ""):
+    """(description, TensorProto) of every tensor in ``graph`` and its subgraphs."""
+    for tensor in graph.initializer:
+        yield f"{prefix}initializer {tensor.name!r}", tensor
+    for sparse in graph.sparse_initializer:
+        yield f"{prefix}sparse initializer {sparse.values.name!r}", sparse.values
+        yield f"{prefix}sparse initializer {sparse.values.name!r} indices", sparse.indices
+    for node in graph.node:
+        owner = f"{prefix}node {node.name or node.op_type!r}"
+        for attribute in node.attribute:
+            here = f"{owner} attribute {attribute.name!r}"
+            if attribute.HasField("t"):
+                yield f"{here} tensor", attribute.t
+            if attribute.HasField("sparse_tensor"):
+                yield f"{here} sparse tensor", attribute.sparse_tensor.values
+            for index, tensor in enumerate(attribute.tensors):
+                yield f"{here} tensor {index}", tensor
+            if attribute.HasField("g"):
+                yield from _proto_tensors(attribute.g, f"{here} subgraph: ")
+            for subgraph in attribute.graphs:
+                yield from _proto_tensors(subgraph, f"{here} subgraph: ")
+
+
+def _check_dtype_and_dims(tensor: onnx.TensorProto, where: str) -> None:
+    if tensor.data_type not in DTYPE_BITS and tensor.data_type != onnx.TensorProto.STRING:
+        name = onnx.TensorProto.DataType.Name(tensor.data_type) if tensor.data_type in onnx.TensorProto.DataType.values() else tensor.data_type
+        raise UnsupportedModelError(f"{where} has unsupported data type {name}")
+    negative = [d for d in tensor.dims if d < 0]
+    if negative:
+        raise UnsupportedModelError(f"{where} has negative dims {list(tensor.dims)}")
+
+
+def _declared_bytes(tensor: onnx.TensorProto) -> int:
+    return math.ceil(math.prod(tensor.dims) * DTYPE_BITS[tensor.data_type] / 8)
+
+
+def _declared_elements(tensor: onnx.TensorProto) -> int:
+    """Entries the typed field must hold: one per element, two per complex element, and
+    sub-byte types packed into one entry per byte."""
+    count = math.prod(tensor.dims)
+    bits = DTYPE_BITS[tensor.data_type]
+    if tensor.data_type in COMPLEX:
+        return 2 * count
+    return math.ceil(count * bits / 8) if bits < 8 else count
+
+
+def _check_inline(tensor: onnx.TensorProto, where: str) -> None:
+    """raw_data must hold exactly the declared bytes; typed fields exactly the declared count."""
+    if tensor.data_type == onnx.TensorProto.STRING:
+        present, declared = len(tensor.string_data), math.prod(tensor.dims)
+    elif tensor.HasField("raw_data"):
+        present, declared = len(tensor.raw_data), _declared_bytes(tensor)
+    else:
+        field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+        present = len(getattr(tensor, field))
+        declared = _declared_elements(tensor)
+    if present != declared:
+        raise UnsupportedModelError(
+            f"{where}: dims {list(tensor.dims)} declare {declared:,} "
+            f"{'bytes' if tensor.HasField('raw_data') else 'elements'}, the file holds {present:,}"
+        )
+
+
+def _check_external(tensor: onnx.TensorProto, where: str, folder: Path) -> None:
+    """Refuse external data that lies outside the model's folder (absolute ``location``,
+    ``..`` escapes, symlinks leading out; CVE-2024-27318 and CVE-2024-5187) or that holds
+    fewer bytes than the tensor's declared shape and type need."""
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    text = entries.get("location", "")
+    folder = folder.resolve()
+    where = f"{where} (external data {text})"
+    if not text or Path(text).is_absolute():
         raise UnsupportedModelError(f"{where}: the location must be a relative path inside {folder}")
-    target = (folder / location).resolve()
+    target = (folder / text).resolve()
     if not target.is_relative_to(folder):
         raise UnsupportedModelError(f"{where}: the location leads outside the model's folder {folder}")
     if not target.is_file():
         raise UnsupportedModelError(f"{where}: no such file")
-    offset = tensor.offset or 0
+    try:
+        offset = int(entries.get("offset", 0))
+        length = int(entries["length"]) if "length" in entries else None
+    except ValueError:
+        raise UnsupportedModelError(f"{where}: offset and length must be integers") from None
     available = target.stat().st_size - offset
-    declared = math.ceil(math.prod(tensor.shape.numpy()) * tensor.dtype.itemsize)
-    length = tensor.length if tensor.length is not None else available
-    if offset < 0 or length < declared or available < length:
+    declared = _declared_bytes(tensor)
+    usable = length if length is not None else available
+    if offset < 0 or usable < declared or available < usable:
         raise UnsupportedModelError(
             f"{where}: the tensor needs {declared:,} bytes at offset {offset:,}, the file holds "
-            f"{max(available, 0):,} bytes from there (declared length {tensor.length})"
+            f"{max(available, 0):,} bytes from there (declared length {length})"
         )
+
+
+def _load_external_data(model: ir.Model, path: Path) -> None:
+    """Bring external tensors (initializers and attributes, subgraphs included) into memory,
+    so the IR no longer depends on the user's files."""
+    for graph in _graphs(model.graph):
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                value.const_value = _in_memory(value.const_value, value.name, path)
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for name, attribute in list(node.attributes.items()):
+            if attribute.is_ref():
+                continue
+            if attribute.type == ir.AttributeType.TENSOR and isinstance(attribute.value, ir.ExternalTensor):
+                node.attributes[name] = ir.AttrTensor(name, _in_memory(attribute.value, name, path))
+            elif attribute.type == ir.AttributeType.TENSORS and any(
+                isinstance(t, ir.ExternalTensor) for t in attribute.value
+            ):
+                tensors = [_in_memory(t, name, path) for t in attribute.value]
+                node.attributes[name] = ir.AttrTensors(name, tensors)
+
+
+def _graphs(graph: ir.Graph):
+    """``graph`` and every subgraph under it."""
+    yield graph
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        for attribute in node.attributes.values():
+            if attribute.is_ref():
+                continue
+            if attribute.type == ir.AttributeType.GRAPH:
+                yield attribute.value
+            elif attribute.type == ir.AttributeType.GRAPHS:
+                yield from attribute.value
+
+
+def _in_memory(tensor, name: str, path: Path) -> ir.Tensor:
+    if not isinstance(tensor, ir.ExternalTensor):
+        return tensor
+    try:
+        return ir.Tensor(tensor.numpy(), name=tensor.name)
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"{path}: external data of tensor {name!r} ({tensor.location}) cannot be read ({exc})"
+        ) from None
 
 
 def _deserialize(proto: onnx.ModelProto, label: str) -> ir.Model:
     _check_is_model(proto, label)
+    check_tensors(proto, label, None)
     try:
         return ir.serde.deserialize_model(proto)
     except Exception as exc:
@@ -137,6 +259,7 @@ def normalize(model: ir.Model, label: str) -> ir.Model:
     model = _upgrade_opset(model, label)
     common_passes.RemoveInitializersFromInputsPass()(model)
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
+    _check_io_shapes(model, label)
     problems = unsupported_ops(model)
     if problems:
         raise UnsupportedModelError(f"{label}: the model uses ops sparc cannot run", problems)
@@ -144,6 +267,16 @@ def normalize(model: ir.Model, label: str) -> ir.Model:
     if failure:
         raise UnsupportedModelError(f"{label}: the ONNX checker rejects the model: {failure}")
     return model
+
+
+def _check_io_shapes(model: ir.Model, label: str) -> None:
+    """Graph inputs and outputs may not declare negative sizes."""
+    for kind, values in (("input", model.graph.inputs), ("output", model.graph.outputs)):
+        for value in values:
+            if value.shape is not None and any(isinstance(d, int) and d < 0 for d in value.shape):
+                raise UnsupportedModelError(
+                    f"{label}: graph {kind} {value.name!r} declares a negative size {list(value.shape)}"
+                )
 
 
 def default_opset(model: ir.Model) -> int:

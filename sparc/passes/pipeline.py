@@ -23,7 +23,7 @@ import onnx_ir as ir
 
 from sparc.analysis.cost import model_stats
 from sparc.calibrate import CalibrationData, run_batches
-from sparc.errors import PassError, SparcError
+from sparc.errors import CalibrationError, PassError, SparcError
 from sparc.ir_utils import check_model
 from sparc.passes.base import SparcPass
 from sparc.report import OutputError, PassEntry
@@ -59,6 +59,7 @@ class Pipeline:
     def run(self, model: ir.Model) -> PipelineResult:
         """Run every pass in place on ``model``; return it with one report entry per pass."""
         reference = self._outputs(model) if self.validation else None
+        _check_finite_reference(model, reference)
         last = reference
         feeds = self._reference_feeds()
         entries: list[PassEntry] = []
@@ -127,6 +128,20 @@ class Pipeline:
                 f"max relative output error {error.max_rel:.3g} exceeds max_error={pass_.max_error}",
             )
         return error, outputs
+
+
+def _check_finite_reference(model: ir.Model, reference: list | None) -> None:
+    """A pass's error cannot be measured against outputs that are already NaN or Inf."""
+    if reference is None:
+        return
+    names = [v.name for v in model.graph.outputs]
+    for batch in reference:
+        for name, array in zip(names, batch):
+            if not np.isfinite(np.asarray(array, np.float64)).all():
+                raise CalibrationError(
+                    f"the model's output {name!r} is NaN or Inf on the validation data before any "
+                    "pass ran; sparc cannot measure what a pass changes"
+                )
 
 
 def _check_shapes(pass_, outputs, reference, previous) -> None:

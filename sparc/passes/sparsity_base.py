@@ -22,7 +22,9 @@ import onnx_ir as ir
 
 from sparc import sparsegpt
 from sparc.analysis.linear import LinearLayer, find_linear_layers
+from sparc.analysis.transformer import StructureError
 from sparc.calibrate import ChannelStats, Gram, collect, token_mask
+from sparc.errors import CalibrationError
 from sparc.passes import edit
 from sparc.passes.base import SparcPass, choice, integer, number, patterns
 from sparc.sparsity import Pattern, annotate, select_mask
@@ -79,6 +81,7 @@ class SparsityPass(SparcPass):
         if not layers:
             self.details["layers"] = 0
             return ir.passes.PassResult(model, modified=False)
+        _check_finite_weights(layers)
         stats = self._input_statistics(model, layers)
         updates = []
         for layer in layers:
@@ -106,6 +109,10 @@ class SparsityPass(SparcPass):
             if layer.input.name not in reducers:
                 reducers[layer.input.name] = Gram(mask) if self.method == "sparsegpt" else ChannelStats(mask)
         collect(model, reducers, self.calibration, threads=self.threads, description=self.name)
+        for name, reducer in reducers.items():
+            statistic = reducer.matrix if self.method == "sparsegpt" else reducer.sq_sum
+            if statistic is None or not np.isfinite(statistic).all():
+                raise CalibrationError(f"the calibration statistics of {name!r} hold NaN or Inf")
         if self.method == "sparsegpt":  # one factorization per distinct input
             return {
                 name: sparsegpt.factor(g.matrix / max(g.rows, 1), self.damping)
@@ -123,6 +130,13 @@ class SparsityPass(SparcPass):
             scores = scores * stats.l2[None, :]
         mask = select_mask(scores, pattern, per_row=self.method == "wanda")
         return np.where(mask, weight, 0.0)
+
+
+def _check_finite_weights(layers: list[LinearLayer]) -> None:
+    """Masks of weights holding NaN or Inf mean nothing: refuse, naming the layers."""
+    broken = [layer.name for layer in layers if not np.isfinite(layer.weight_kn()).all()]
+    if broken:
+        raise StructureError(f"weights hold NaN or Inf in layer(s) {', '.join(broken[:5])}")
 
 
 def densities(owner, density, default_density):
