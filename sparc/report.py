@@ -68,6 +68,7 @@ class PassEntry:
     stats: ModelStats
     error: OutputError | None
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    peak_rss: int | None = None  # bytes, the whole process, while the pass ran
 
 
 def feed_shapes(feeds) -> str:
@@ -155,13 +156,13 @@ class Report:
             "",
             f"backend: {self.backend}, target: {self.target}; validation: {self.validation}",
             "",
-            "| step | params | non-zero | MACs | bytes | max rel err | mean rel err | time s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
-            _row("original", self.original, None, None),
+            "| step | params | non-zero | MACs | bytes | max rel err | mean rel err | time s | peak RSS MB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            _row("original", self.original, None, None, None),
         ]
         for entry in self.passes:
             mark = "" if entry.modified else " (no change)"
-            lines.append(_row(entry.name + mark, entry.stats, entry.error, entry.seconds))
+            lines.append(_row(entry.name + mark, entry.stats, entry.error, entry.seconds, entry.peak_rss))
         lines.append("")
         lines.append(_totals(self.original, self.final))
         if self.error is not None:
@@ -193,11 +194,13 @@ class Report:
         return self.to_markdown()
 
 
-def _row(name: str, stats: ModelStats, error: OutputError | None, seconds: float | None) -> str:
+def _row(name: str, stats: ModelStats, error: OutputError | None, seconds: float | None,
+         peak: int | None) -> str:
     err = (f"{error.max_rel:.3g}", f"{error.mean_rel:.3g}") if error else ("", "")
     return (
         f"| {name} | {stats.params:,} | {stats.nonzero_params:,} | {_macs(stats)} | "
-        f"{stats.bytes:,} | {err[0]} | {err[1]} | {'' if seconds is None else f'{seconds:.2f}'} |"
+        f"{stats.bytes:,} | {err[0]} | {err[1]} | {'' if seconds is None else f'{seconds:.2f}'} | "
+        f"{'' if peak is None else f'{peak / 2**20:,.0f}'} |"
     )
 
 

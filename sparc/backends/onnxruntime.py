@@ -45,7 +45,7 @@ def session_options(threads: int | None, optimization: str = "all") -> ort.Sessi
         if threads < 1:
             raise BackendError(f"threads must be at least 1, got {threads}")
         options.intra_op_num_threads = threads
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures surface as exceptions, not as log lines
     return options
 
 
@@ -80,17 +80,22 @@ class OrtRunner(Executable):
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; returns every graph output by name."""
-        outputs = self.session.run(None, dict(feeds))
+        try:
+            outputs = self.session.run(None, dict(feeds))
+        except Exception as exc:  # ORT raises Fail, RuntimeException, InvalidArgument, ...
+            raise BackendError(f"ONNX Runtime failed to run the model: {_one_line(exc)}") from None
         return dict(zip(self.output_names, outputs))
 
 
 def _make_session(model, options, providers) -> ort.InferenceSession:
     """A session over a file, or over the IR with ``ai.sparc`` ops lowered to standard ONNX."""
+    from sparc.capture.onnx import check_tensors
     from sparc.ops import has_sparc_ops, lower_to_standard
 
     if isinstance(model, (str, os.PathLike)):
         model = Path(model)
         proto = onnx.load(str(model), load_external_data=False)
+        check_tensors(proto, str(model), model.parent)
         if not any(op.domain == "ai.sparc" for op in proto.opset_import):
             return ort.InferenceSession(str(model), options, providers=providers)
         model = ir.load(model)

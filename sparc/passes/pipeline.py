@@ -6,7 +6,8 @@ After every pass:
    ``lossless`` pass must match the outputs of the model it was given within
    ``LOSSLESS_TOLERANCE`` (relative to the output scale); a pass given ``max_error`` must
    stay within it of the original outputs (the error the report shows);
-3. size and compute statistics are recorded for the report.
+3. size and compute statistics, and the process's peak resident memory while the pass ran
+   (calibration included), are recorded for the report.
 Any failure, inside a pass or in its verification, becomes a :class:`PassError` naming the
 pass and the passes that ran before it.
 """
@@ -25,6 +26,7 @@ from sparc.analysis.cost import model_stats
 from sparc.calibrate import CalibrationData, run_batches
 from sparc.errors import CalibrationError, PassError, SparcError
 from sparc.ir_utils import check_model
+from sparc.memory import PeakMemory
 from sparc.passes.base import SparcPass
 from sparc.report import OutputError, PassEntry
 
@@ -58,15 +60,15 @@ class Pipeline:
 
     def run(self, model: ir.Model) -> PipelineResult:
         """Run every pass in place on ``model``; return it with one report entry per pass."""
-        reference = self._outputs(model) if self.validation else None
-        _check_finite_reference(model, reference)
+        reference = self._reference_outputs(model)
         last = reference
         feeds = self._reference_feeds()
         entries: list[PassEntry] = []
         for index, pass_ in enumerate(self.passes):
             previous = [p.name for p in self.passes[:index]]
             start = time.perf_counter()
-            modified = self._apply(pass_, model, previous)
+            with PeakMemory() as memory:
+                modified = self._apply(pass_, model, previous)
             seconds = time.perf_counter() - start
             problem = check_model(model)
             if problem:
@@ -74,7 +76,8 @@ class Pipeline:
             error, last = self._verify(pass_, model, reference, last, previous)
             stats = model_stats(model, feeds)
             entries.append(
-                PassEntry(pass_.name, pass_.options(), modified, seconds, stats, error, pass_.details)
+                PassEntry(pass_.name, pass_.options(), modified, seconds, stats, error, pass_.details,
+                          memory.bytes)
             )
             logger.info("%s: modified=%s in %.2fs", pass_.name, modified, seconds)
         return PipelineResult(model, entries)
@@ -95,6 +98,17 @@ class Pipeline:
 
     def _outputs(self, model: ir.Model) -> list:
         return run_batches(model, self.validation, threads=self.threads)
+
+    def _reference_outputs(self, model: ir.Model) -> list | None:
+        """The original model's outputs on the validation data (None without data)."""
+        if not self.validation:
+            return None
+        try:
+            reference = self._outputs(model)
+        except SparcError as exc:
+            raise CalibrationError(f"the model does not run on the validation data: {exc}") from None
+        _check_finite_reference(model, reference)
+        return reference
 
     def _reference_feeds(self) -> Mapping[str, np.ndarray] | None:
         """The batch MACs are counted on: the first validation (else calibration) batch."""
