@@ -60,14 +60,22 @@ class Skip(Exception):
     """The mutation does not apply to this seed (e.g. no Cast node); try another."""
 
 
-def _graph_field_offsets(data: bytes) -> list[int]:
-    """Byte offsets where a top-level field of the model, or a field of its graph, starts."""
+def _graph_field_offsets(data: bytes, *, sections_only: bool = False) -> list[int]:
+    """Byte offsets where a top-level field of the model, or a field of its graph, starts.
+
+    With ``sections_only``, of the graph's fields only those starting a run of another kind
+    (the first node, the first initializer, the first input, ...) and the graph's end."""
     offsets = []
     for field, start, payload_start, end in _fields(data, 0, len(data)):
         offsets.append(start)
         if field == 7:  # ModelProto.graph
-            offsets += [s for _, s, _, _ in _fields(data, payload_start, end)]
-    return sorted(set(offsets) - {0})
+            previous = None
+            for graph_field, graph_start, _, _ in _fields(data, payload_start, end):
+                if not sections_only or graph_field != previous:
+                    offsets.append(graph_start)
+                previous = graph_field
+            offsets.append(end)
+    return sorted(set(offsets) - {0, len(data)})
 
 
 def _payload_ranges(data: bytes) -> list[tuple[int, int]]:
@@ -431,8 +439,20 @@ def _make(kind, name, data, boundaries, rng, index, seed) -> Case | None:
     return Case(f"{seed}-{index}", name, kind, detail, files, links)
 
 
+def truncations(seed_name: str, *, sections_only: bool = False) -> Iterator[Case]:
+    """The seed cut at every field boundary of the model and of its graph (or only where a
+    section starts or ends: see :func:`_graph_field_offsets`), in order."""
+    data = seeds.seed_files(seed_name)[0].read_bytes()
+    for boundary in _graph_field_offsets(data, sections_only=sections_only):
+        yield Case(f"cut-{seed_name}-{boundary}", seed_name, "truncate",
+                   f"cut at field boundary {boundary}", {"model.onnx": data[:boundary]})
+
+
 def case_by_id(case_id: str) -> Case:
-    """Rebuild the case ``SEED-INDEX`` (as printed by the harness)."""
+    """Rebuild the case ``SEED-INDEX`` or ``cut-SEEDNAME-OFFSET`` (as printed by the harness)."""
+    if case_id.startswith("cut-"):
+        _, name, offset = case_id.split("-")
+        return next(c for c in truncations(name) if c.id == case_id)
     seed, index = (int(part) for part in case_id.split("-"))
     names = seeds.seed_names()
     kinds = list(MUTATIONS)

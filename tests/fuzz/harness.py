@@ -286,12 +286,14 @@ class Runner:
         return [Outcome("case", "crash", "worker died", f"exit code {code}")]
 
 
-def run(cases, *, timeout: float = 300.0, mode: str = "rotate", progress=None) -> list[CaseResult]:
-    """Run every case; ``progress(result)`` is called after each one."""
+def run(cases, *, timeout: float = 300.0, mode: str = "rotate", operations: list[str] | None = None,
+        progress=None) -> list[CaseResult]:
+    """Run every case (``operations``, else those ``mode`` picks); ``progress(result)`` is
+    called after each one."""
     results = []
     with Runner(timeout) as runner:
         for index, case in enumerate(cases):
-            result = runner.run(case, operations_for(index, mode))
+            result = runner.run(case, operations or operations_for(index, mode))
             results.append(result)
             if progress:
                 progress(result)
