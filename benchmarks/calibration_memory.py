@@ -14,6 +14,9 @@ Writes results/calibration_memory.{json,md}.
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -31,34 +34,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, nargs="+", default=[16, 128])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one size, in this process
     args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.threads)))
+        return
+    runs = []
+    for count in args.windows:  # each size in a fresh process, so baselines do not carry over
+        done = subprocess.run([sys.executable, __file__, "--one", str(count), "--threads", str(args.threads)],
+                              capture_output=True, text=True, check=True)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(runs[-1], flush=True)
+    write_results("calibration_memory", {"runs": runs}, _markdown(runs))
 
+
+def measure(count: int, threads: int) -> dict:
     path = str(zoo.smollm2_onnx())
     tokenizer = zoo.smollm2().tokenizer
-    text = "\n\n".join(datasets.enwiki_articles())
-    runs = []
-    for count in args.windows:
-        windows = quality.token_windows(tokenizer, text, window=512, count=count)
-        calibration = [
-            {"input_ids": np.concatenate(chunk), "attention_mask": np.ones((len(chunk), 512), np.int64)}
-            for chunk in (windows[i : i + 8] for i in range(0, len(windows), 8))
-        ]
-        before = rss_bytes()
-        start = time.perf_counter()
-        compiled = sparc.compile(
-            path, calibration=calibration,
-            recipe=[SliceRowsColumns(ratio=0.25), NMSparsity(n=2, m=4, method="wanda")],
-            threads=args.threads, latency_rounds=0,
-        )
-        record = {
-            "windows": count, "tokens": count * 512, "batches": len(calibration),
-            "rss_before_mb": before / MB, "seconds": time.perf_counter() - start,
-            "passes": {e.name: {"peak_rss_mb": e.peak_rss / MB, "seconds": e.seconds} for e in compiled.report.passes},
-        }
-        runs.append(record)
-        print(record, flush=True)
-        del compiled
-    write_results("calibration_memory", {"runs": runs}, _markdown(runs))
+    windows = quality.token_windows(tokenizer, "\n\n".join(datasets.enwiki_articles()), window=512, count=count)
+    calibration = [
+        {"input_ids": np.concatenate(chunk), "attention_mask": np.ones((len(chunk), 512), np.int64)}
+        for chunk in (windows[i : i + 8] for i in range(0, len(windows), 8))
+    ]
+    before = rss_bytes()
+    start = time.perf_counter()
+    compiled = sparc.compile(
+        path, calibration=calibration,
+        recipe=[SliceRowsColumns(ratio=0.25), NMSparsity(n=2, m=4, method="wanda")],
+        threads=threads, latency_rounds=0,
+    )
+    return {
+        "windows": count, "tokens": count * 512, "batches": len(calibration),
+        "rss_before_mb": before / MB, "seconds": time.perf_counter() - start,
+        "passes": {e.name: {"peak_rss_mb": e.peak_rss / MB, "seconds": e.seconds} for e in compiled.report.passes},
+    }
 
 
 def _markdown(runs) -> str:

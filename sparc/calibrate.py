@@ -24,6 +24,7 @@ from sparc.errors import CalibrationError
 logger = logging.getLogger(__name__)
 
 Feeds = dict[str, np.ndarray]
+EXPOSED_BYTES = 256 * 2**20  # exposed values per calibration run (see collect)
 MAX_SYNTHETIC_ELEMENTS = 2**28  # made-up inputs larger than this are a broken shape, not a size
 
 
@@ -221,7 +222,13 @@ def holdout_size(batches: int) -> int:
 
 
 class Reducer:
-    """Streaming statistic over one intermediate value; ``update`` sees one batch at a time."""
+    """Streaming statistic over one intermediate value; ``update`` sees one batch at a time.
+
+    ``additive`` reducers (sums over rows) give the same result whether a batch comes whole
+    or in parts along its sample axis, so :func:`collect` may split batches to bound memory.
+    """
+
+    additive = False
 
     def update(self, array: np.ndarray, feeds: Feeds) -> None:
         raise NotImplementedError
@@ -243,6 +250,7 @@ class Gram(Reducer):
         self.axis = axis
         self.center = center
         self.normalize = normalize
+        self.additive = True
         self.matrix: np.ndarray | None = None
         self.rows = 0
 
@@ -268,6 +276,7 @@ class ChannelStats(Reducer):
     def __init__(self, row_mask=None, *, axis: int = -1):
         self.row_mask = row_mask
         self.axis = axis
+        self.additive = True
         self.sum: np.ndarray | None = None
         self.abs_sum: np.ndarray | None = None
         self.sq_sum: np.ndarray | None = None
@@ -311,8 +320,9 @@ def _masked_rows(array: np.ndarray, feeds: Feeds, row_mask) -> np.ndarray:
     return rows[mask.astype(bool)]
 
 
-def exposing_runner(model: ir.Model, names: Sequence[str], *, threads: int | None = None):
-    """An ONNX Runtime session of ``model`` whose outputs are exactly the values ``names``.
+def exposing_runner(model: ir.Model, names: Sequence[str], *, threads: int | None = None, arena: bool = True):
+    """An ONNX Runtime session of ``model`` whose outputs are exactly the values ``names``
+    (``arena=False``: without ONNX Runtime's CPU memory arena).
 
     The graph outputs are swapped for the session and restored (the nodes are left in
     topological order), so no copy of the model, weights included, is made.
@@ -328,7 +338,7 @@ def exposing_runner(model: ir.Model, names: Sequence[str], *, threads: int | Non
     model.graph.outputs.clear()
     model.graph.outputs.extend(values[name] for name in names)
     try:
-        return OrtRunner(model, threads=threads)
+        return OrtRunner(model, threads=threads, arena=arena)
     finally:
         model.graph.outputs.clear()
         model.graph.outputs.extend(saved)
@@ -353,19 +363,48 @@ def collect(
 ) -> None:
     """Run ``model`` over ``data`` and stream each named value into its reducer(s).
 
-    Values that are initializers are not run: reducers of constants make no sense.
+    Memory holds one run's exposed values: when every reducer is additive, each batch runs
+    in parts along the sample axis, sized after the first sample so that a part's exposed
+    values stay under ``EXPOSED_BYTES`` (at least one sample). The session runs without
+    ONNX Runtime's memory arena, so activations are returned between runs. Values that are
+    initializers are not run: reducers of constants make no sense.
     """
     names = list(reducers)
-    runner = exposing_runner(model, names, threads=threads)
+    targets = {name: r if isinstance(r, Sequence) else (r,) for name, r in reducers.items()}
+    splittable = all(getattr(r, "additive", False) for group in targets.values() for r in group)
+    runner = exposing_runner(model, names, threads=threads, arena=False)
+    per_sample = None
     for feeds in _progress(data, description):
-        try:
-            arrays = runner.run(feeds)
-        except Exception as exc:
-            raise CalibrationError(f"{description}: running the model failed: {exc}") from None
-        for name in names:
-            targets = reducers[name]
-            for reducer in targets if isinstance(targets, Sequence) else (targets,):
-                reducer.update(arrays[name], feeds)
+        samples = _samples(feeds) if splittable else None
+        start = 0
+        while True:
+            size = None if samples is None else (1 if per_sample is None else max(1, EXPOSED_BYTES // per_sample))
+            part = feeds if size is None else {k: v[start : start + size] for k, v in feeds.items()}
+            arrays = _run_exposed(runner, part, description)
+            if size is not None and per_sample is None:
+                per_sample = max(1, sum(a.nbytes for a in arrays.values()))
+            for name in names:
+                for reducer in targets[name]:
+                    reducer.update(arrays[name], part)
+            del arrays
+            start += size or 0
+            if size is None or start >= samples:
+                break
+
+
+def _samples(feeds: Feeds) -> int | None:
+    """The common sample count (axis 0) of every input, or None if they do not share one."""
+    counts = {np.shape(v)[0] if np.ndim(v) else None for v in feeds.values()}
+    if len(counts) != 1 or None in counts:
+        return None
+    return counts.pop()
+
+
+def _run_exposed(runner, feeds: Feeds, description: str) -> dict[str, np.ndarray]:
+    try:
+        return runner.run(feeds)
+    except Exception as exc:
+        raise CalibrationError(f"{description}: running the model failed: {exc}") from None
 
 
 def run_batches(model: ir.Model, data: CalibrationData, *, threads: int | None = None) -> list:

@@ -36,6 +36,30 @@ def test_gram_and_channel_stats_stream_exactly(mlp):
     np.testing.assert_allclose(stats.l2, np.linalg.norm(rows, axis=0), rtol=1e-5)
 
 
+def test_batches_run_in_parts_when_exposed_values_exceed_the_budget(minilm, minilm_ir, monkeypatch):
+    """With a tiny budget each sample runs alone; sums over rows (and the padding mask) agree
+    with whole-batch runs, and peak activations no longer scale with the batch size."""
+    import sparc.calibrate as calibrate
+
+    layer = find_linear_layers(minilm_ir.graph)[0]
+    texts = ["short", "a somewhat longer sentence than the first", "three", "and a fourth one here"]
+    data = as_calibration([minilm.make_inputs(texts, seq=32)], minilm_ir)
+    mask = lambda feeds: feeds["attention_mask"]  # noqa: E731
+    whole, whole_stats = Gram(row_mask=mask), ChannelStats(mask)
+    collect(minilm_ir, {layer.input.name: [whole, whole_stats]}, data)
+
+    runs = []
+    original_run = calibrate._run_exposed
+    monkeypatch.setattr(calibrate, "_run_exposed", lambda r, f, d: runs.append(len(f["input_ids"])) or original_run(r, f, d))
+    monkeypatch.setattr(calibrate, "EXPOSED_BYTES", 1)
+    parts, parts_stats = Gram(row_mask=mask), ChannelStats(mask)
+    collect(minilm_ir, {layer.input.name: [parts, parts_stats]}, data)
+    assert runs == [1, 1, 1, 1]
+    assert parts.rows == whole.rows == int(data.batches[0]["attention_mask"].sum())
+    np.testing.assert_allclose(parts.matrix, whole.matrix, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(parts_stats.sq_sum, whole_stats.sq_sum, rtol=1e-5)
+
+
 def test_row_mask_leaves_out_padding(minilm, minilm_ir):
     layer = find_linear_layers(minilm_ir.graph)[0]
     masked, full = Gram(row_mask=lambda feeds: feeds["attention_mask"]), Gram()

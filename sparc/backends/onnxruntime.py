@@ -59,9 +59,11 @@ class OrtRunner(Executable):
         threads: int | None = None,
         providers: Sequence[str] | None = None,
         optimization: str = "all",
+        arena: bool = True,
     ):
         self.threads = threads
         options = session_options(threads, optimization)
+        options.enable_cpu_mem_arena = arena
         providers = list(providers or ["CPUExecutionProvider"])
         unknown = [p for p in providers if p not in ort.get_available_providers()]
         if unknown:

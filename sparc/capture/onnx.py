@@ -16,6 +16,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common as common_passes
@@ -223,7 +224,7 @@ def _in_memory(tensor, name: str, path: Path) -> ir.Tensor:
     if not isinstance(tensor, ir.ExternalTensor):
         return tensor
     try:
-        return ir.Tensor(tensor.numpy(), name=tensor.name)
+        return ir.Tensor(np.array(tensor.numpy(), copy=True), name=tensor.name)  # not a map of the file
     except Exception as exc:
         raise UnsupportedModelError(
             f"{path}: external data of tensor {name!r} ({tensor.location}) cannot be read ({exc})"
