@@ -243,6 +243,8 @@ class Gram(Reducer):
     layer passes on), so every token weighs the same whatever its magnitude.
     """
 
+    additive = True
+
     def __init__(
         self, row_mask=None, *, center: bool = False, normalize: bool = False, axis: int = -1
     ):
@@ -250,7 +252,6 @@ class Gram(Reducer):
         self.axis = axis
         self.center = center
         self.normalize = normalize
-        self.additive = True
         self.matrix: np.ndarray | None = None
         self.rows = 0
 
@@ -273,10 +274,11 @@ class ChannelStats(Reducer):
     Channels lie on the last axis, or on ``axis`` (e.g. 1 for NCHW images).
     """
 
+    additive = True
+
     def __init__(self, row_mask=None, *, axis: int = -1):
         self.row_mask = row_mask
         self.axis = axis
-        self.additive = True
         self.sum: np.ndarray | None = None
         self.abs_sum: np.ndarray | None = None
         self.sq_sum: np.ndarray | None = None
@@ -369,27 +371,33 @@ def collect(
     ONNX Runtime's memory arena, so activations are returned between runs. Values that are
     initializers are not run: reducers of constants make no sense.
     """
-    names = list(reducers)
     targets = {name: r if isinstance(r, Sequence) else (r,) for name, r in reducers.items()}
     splittable = all(getattr(r, "additive", False) for group in targets.values() for r in group)
-    runner = exposing_runner(model, names, threads=threads, arena=False)
+    runner = exposing_runner(model, list(targets), threads=threads, arena=False)
     per_sample = None
     for feeds in _progress(data, description):
         samples = _samples(feeds) if splittable else None
+        if samples is None:
+            _update(runner, targets, feeds, description)
+            continue
         start = 0
-        while True:
-            size = None if samples is None else (1 if per_sample is None else max(1, EXPOSED_BYTES // per_sample))
-            part = feeds if size is None else {k: v[start : start + size] for k, v in feeds.items()}
-            arrays = _run_exposed(runner, part, description)
-            if size is not None and per_sample is None:
-                per_sample = max(1, sum(a.nbytes for a in arrays.values()))
-            for name in names:
-                for reducer in targets[name]:
-                    reducer.update(arrays[name], part)
-            del arrays
-            start += size or 0
-            if size is None or start >= samples:
-                break
+        while start < samples:
+            size = 1 if per_sample is None else max(1, EXPOSED_BYTES // per_sample)
+            exposed = _update(runner, targets, {k: v[start : start + size] for k, v in feeds.items()}, description)
+            per_sample = per_sample or max(1, exposed // size)
+            start += size
+
+
+def _update(runner, targets: Mapping[str, Sequence[Reducer]], feeds: Feeds, description: str) -> int:
+    """Run one batch (or part), feed every reducer; return the bytes the run exposed."""
+    try:
+        arrays = runner.run(feeds)
+    except Exception as exc:
+        raise CalibrationError(f"{description}: running the model failed: {exc}") from None
+    for name, reducers in targets.items():
+        for reducer in reducers:
+            reducer.update(arrays[name], feeds)
+    return sum(a.nbytes for a in arrays.values())
 
 
 def _samples(feeds: Feeds) -> int | None:
@@ -398,13 +406,6 @@ def _samples(feeds: Feeds) -> int | None:
     if len(counts) != 1 or None in counts:
         return None
     return counts.pop()
-
-
-def _run_exposed(runner, feeds: Feeds, description: str) -> dict[str, np.ndarray]:
-    try:
-        return runner.run(feeds)
-    except Exception as exc:
-        raise CalibrationError(f"{description}: running the model failed: {exc}") from None
 
 
 def run_batches(model: ir.Model, data: CalibrationData, *, threads: int | None = None) -> list:

@@ -49,8 +49,9 @@ def test_batches_run_in_parts_when_exposed_values_exceed_the_budget(minilm, mini
     collect(minilm_ir, {layer.input.name: [whole, whole_stats]}, data)
 
     runs = []
-    original_run = calibrate._run_exposed
-    monkeypatch.setattr(calibrate, "_run_exposed", lambda r, f, d: runs.append(len(f["input_ids"])) or original_run(r, f, d))
+    original_update = calibrate._update
+    monkeypatch.setattr(calibrate, "_update",
+                        lambda r, t, f, d: runs.append(len(f["input_ids"])) or original_update(r, t, f, d))
     monkeypatch.setattr(calibrate, "EXPOSED_BYTES", 1)
     parts, parts_stats = Gram(row_mask=mask), ChannelStats(mask)
     collect(minilm_ir, {layer.input.name: [parts, parts_stats]}, data)
