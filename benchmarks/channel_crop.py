@@ -23,7 +23,7 @@ import sparc
 from sparc import datasets, quality, zoo
 from sparc.backends.onnxruntime import OrtRunner
 from sparc.benchmark import compare
-from sparc.demo import encoder
+from sparc.quality import encoder
 from sparc.passes import ChannelCrop
 
 RATIOS = (0.1, 0.3, 0.5)

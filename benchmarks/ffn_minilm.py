@@ -18,7 +18,7 @@ import sparc
 from sparc import datasets, quality, zoo
 from sparc.backends.onnxruntime import OrtRunner
 from sparc.benchmark import compare
-from sparc.demo import encoder
+from sparc.quality import encoder
 from sparc.passes import SliceRowsColumns
 
 

@@ -29,7 +29,7 @@ from common import write_results
 import sparc
 from sparc import datasets, quality, zoo
 from sparc.backends.onnxruntime import OrtRunner
-from sparc.demo import encoder
+from sparc.quality import encoder
 from sparc.passes import BlockSparsity, FuseSparseOps, NMSparsity, UnstructuredSparsity
 
 METHODS = ("magnitude", "wanda", "sparsegpt")

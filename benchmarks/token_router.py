@@ -30,7 +30,7 @@ from sparc.backends.onnxruntime import OrtRunner
 from sparc.benchmark import compare
 from sparc.calibrate import CalibrationData
 from sparc.capture import capture_torch, load_onnx
-from sparc.demo import encoder
+from sparc.quality import encoder
 from sparc.ir_utils import copy_model
 from sparc.passes import TokenRouter
 

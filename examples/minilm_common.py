@@ -6,7 +6,7 @@ import argparse
 
 from sparc import compile, datasets, quality, zoo
 from sparc.backends.onnxruntime import OrtRunner
-from sparc.demo import encoder
+from sparc.quality import encoder
 
 
 def arguments(description: str) -> argparse.Namespace:

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -322,9 +323,35 @@ def _masked_rows(array: np.ndarray, feeds: Feeds, row_mask) -> np.ndarray:
     return rows[mask.astype(bool)]
 
 
+class _Clock:
+    """Seconds this process spent in sessions that expose values for calibration."""
+
+    seconds = 0.0
+
+
+def calibration_seconds() -> float:
+    """Seconds spent building and running :func:`exposing_runner` sessions in this process so
+    far; a pass's calibration time is the difference across it."""
+    return _Clock.seconds
+
+
+class _TimedRunner:
+    """A runner whose run time counts towards :func:`calibration_seconds`."""
+
+    def __init__(self, runner):
+        self._runner = runner
+
+    def run(self, feeds):
+        start = time.perf_counter()
+        try:
+            return self._runner.run(feeds)
+        finally:
+            _Clock.seconds += time.perf_counter() - start
+
+
 def exposing_runner(model: ir.Model, names: Sequence[str], *, threads: int | None = None, arena: bool = True):
     """An ONNX Runtime session of ``model`` whose outputs are exactly the values ``names``
-    (``arena=False``: without ONNX Runtime's CPU memory arena).
+    (``arena=False``: without ONNX Runtime's CPU memory arena), timed as calibration.
 
     The graph outputs are swapped for the session and restored (the nodes are left in
     topological order), so no copy of the model, weights included, is made.
@@ -336,14 +363,16 @@ def exposing_runner(model: ir.Model, names: Sequence[str], *, threads: int | Non
     if missing:
         raise CalibrationError(f"cannot expose unknown values {missing}")
     saved = list(model.graph.outputs)
+    start = time.perf_counter()
     model.graph.sort()
     model.graph.outputs.clear()
     model.graph.outputs.extend(values[name] for name in names)
     try:
-        return OrtRunner(model, threads=threads, arena=arena)
+        return _TimedRunner(OrtRunner(model, threads=threads, arena=arena))
     finally:
         model.graph.outputs.clear()
         model.graph.outputs.extend(saved)
+        _Clock.seconds += time.perf_counter() - start
 
 
 def _values_by_name(model: ir.Model) -> dict[str, ir.Value]:

@@ -227,11 +227,21 @@ def _verify(args) -> int:
 
 
 def _demo(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     from sparc.demo import run_demo
 
-    compiled = run_demo(args.out, threads=args.threads)
-    print(compiled.report.to_markdown())
-    print(f"wrote {Path(args.out) / 'model.onnx'}, report.md and report.json")
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, transient=True) as progress:
+        result = run_demo(args.out, threads=args.threads, progress=progress)
+    print(result.compiled.report.to_markdown())
+    print("## Recipes tried\n")
+    print(result.trials_table() + "\n")
+    print(result.verdict + "\n")
+    print(result.table() + "\n")
+    out = Path(args.out)
+    print(f"wrote {out / 'model.onnx'}, {out / 'report.md'}, {out / 'report.json'} and {out / 'tradeoff.png'}")
     return 0
 
 

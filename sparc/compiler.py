@@ -21,6 +21,7 @@ from sparc.capture import capture, load_onnx
 from sparc.capture.torch import is_torch_module
 from sparc.errors import BackendError, CalibrationError
 from sparc.ir_utils import copy_model
+from sparc.measure.outputs import TOLERANCES, OutputError
 from sparc.ops import has_sparc_ops, lower_to_standard
 from sparc.passes.pipeline import Pipeline
 from sparc.recipe import load_recipe
@@ -29,7 +30,6 @@ from sparc.report import Latency, Report, TargetCheck, feed_shapes
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("standard", "sparc")
-TVM_TOLERANCE = 1e-3  # max |TVM - ORT| relative to the output scale (float32 reassociation)
 FALLBACK_RATIO = 1.05  # TVM slower than this × the original in ORT: run in ORT instead
 
 
@@ -118,6 +118,8 @@ def compile(
     threads: int | None = None,
     backend_options: Mapping | None = None,
     latency_rounds: int = 10,
+    latency_inputs: Mapping | None = None,
+    fidelity: Mapping[str, str] | None = None,
 ) -> CompiledModel:
     """Capture ``model``, run ``recipe`` over it with verification, and prepare ``backend``.
 
@@ -126,10 +128,13 @@ def compile(
     dict or a YAML/JSON path (None: the default recipe). ``backend`` and ``target`` default to
     the recipe's, else ``onnxruntime`` / ``cpu``. With ``validate``, every pass is checked
     numerically against the original on held-out calibration batches (or the example inputs),
-    and the report times the original and compiled models side by side
-    (``latency_rounds`` = 0 skips timing). ``threads`` sets intra-op threads everywhere;
+    and the report times the original and compiled models side by side on
+    ``latency_inputs`` (default: the first validation batch; ``latency_rounds`` = 0 skips
+    timing). ``threads`` sets intra-op threads everywhere;
     ``backend_options`` go to the backend (ONNX Runtime: ``providers``, ``optimization`` =
-    disable | basic | extended | all).
+    disable | basic | extended | all). ``fidelity`` overrides the measure of named outputs
+    (``cosine``, ``logits``, ``probabilities``, ``log_probabilities``, ``exact``; see
+    :mod:`sparc.measure.outputs`).
     """
     parsed = load_recipe(recipe)
     backend = backend or parsed.backend or "onnxruntime"
@@ -139,13 +144,15 @@ def compile(
     calib, valid, how = _split_data(ir_model, calibration, example_inputs, model)
     original = copy_model(ir_model)
     pipeline = Pipeline(
-        parsed.passes, calibration=calib, validation=valid, validate=validate, threads=threads
+        parsed.passes, calibration=calib, validation=valid, validate=validate, threads=threads,
+        fidelity=fidelity,
     )
     result = pipeline.run(ir_model)
     runner = backends.prepare(
         result.model, backend, target, threads=threads, **dict(backend_options or {})
     )
     data = valid or calib
+    timed = check_feeds(latency_inputs, ir_model, "latency inputs") if latency_inputs is not None else None
     report = Report(
         model=_label(model),
         backend=backend,
@@ -156,9 +163,10 @@ def compile(
     )
     if backend == "tvm" and data is not None:
         runner = _tvm_checked(runner, result.model, original, data.batches[0], report, threads,
-                              latency_rounds if validate else 0, dict(backend_options or {}))
+                              latency_rounds if validate else 0, dict(backend_options or {}),
+                              pipeline.measures, timed)
     elif validate and valid is not None and latency_rounds > 0:
-        report.latency = _latency(original, runner, valid.batches[0], threads, latency_rounds)
+        report.latency = _latency(original, runner, timed or valid.batches[0], threads, latency_rounds)
     if target in CHECKED_TARGETS:
         report.target_check = _target_checked(result.model, original, target, data, threads,
                                               latency_rounds if validate else 0)
@@ -203,7 +211,7 @@ def _example_feeds(ir_model, example_inputs, source):
     return check_feeds(feeds, ir_model, "example inputs")
 
 
-def _tvm_checked(runner, model, original, feeds, report, threads, rounds, options):
+def _tvm_checked(runner, model, original, feeds, report, threads, rounds, options, measures, timed):
     """Compile TVM for the validation shapes, check its outputs against ONNX Runtime, time it.
 
     The promise that nothing gets slower: when the TVM model is measured slower than the
@@ -218,13 +226,14 @@ def _tvm_checked(runner, model, original, feeds, report, threads, rounds, option
     report.notes += [f"TVM layout {line}" for line in runner.layout_summary()]
     report.notes.append(f"TVM functions left unscheduled (serial): {', '.join(runner.unscheduled) or 'none'}")
     reference = OrtRunner(model, threads=threads).run(feeds)
-    ours = runner.run(feeds)
-    worst = max(_relative_error(ours[k], reference[k]) for k in reference)
-    report.notes.append(f"TVM vs ONNX Runtime outputs: max relative error {worst:.2e}")
-    if worst > TVM_TOLERANCE:
-        raise BackendError(f"the TVM build disagrees with ONNX Runtime (max relative error {worst:.2e})")
+    agreement = OutputError.of_runs(runner.run(feeds), reference, measures)
+    report.notes.append(f"TVM vs ONNX Runtime outputs: max relative error {agreement.max_rel:.2e} "
+                        f"({agreement.fidelity()})")
+    if agreement.exceeding(TOLERANCES["backend"]):
+        raise BackendError(f"the TVM build disagrees with ONNX Runtime: {agreement.violations(TOLERANCES['backend'])}")
     if rounds <= 0:
         return runner
+    feeds = timed or feeds
     report.latency = _latency(original, runner, feeds, threads, rounds)
     if report.latency.ratio > FALLBACK_RATIO and options.get("fallback", True):
         report.notes.append(
@@ -244,11 +253,6 @@ def _target_checked(model, original, target, data, threads, rounds) -> TargetChe
         raise CalibrationError(f"target {target!r} checks the export on real inputs: give calibration data "
                                "or example inputs")
     return verify_models(model, original, target, data.batches[0], threads=threads or 1, rounds=rounds)
-
-
-def _relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
-    scale = max(float(np.abs(reference).max(initial=0.0)), 1e-12)
-    return float(np.abs(ours.astype(np.float64) - reference).max(initial=0.0)) / scale
 
 
 def _latency(original: ir.Model, runner, feeds, threads, rounds) -> Latency:

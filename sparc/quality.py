@@ -55,11 +55,28 @@ def perplexity(run: Run, windows: list[np.ndarray]) -> float:
     return float(np.exp(total / count))
 
 
+def encoder(run, model, seq: int = 128):
+    """A function texts -> embeddings running ``run(feeds)`` (one array, or a dict whose first
+    value is the embedding) on batches of 16 texts of ``model`` (a zoo model) at ``seq`` tokens."""
+
+    def first(result):
+        return next(iter(result.values())) if isinstance(result, dict) else result
+
+    def encode(texts):
+        return np.concatenate([first(run(feeds)) for feeds in model.batches(texts, 16, seq=seq)])
+
+    return encode
+
+
 def lee_correlation(encode: Callable[[list[str]], np.ndarray]) -> float:
     """Pearson r between cosine similarity of ``encode(texts)`` and the human Lee ratings."""
-    documents = datasets.lee_documents()
+    return lee_correlation_of(encode(datasets.lee_documents()))
+
+
+def lee_correlation_of(embeddings: np.ndarray) -> float:
+    """Pearson r between cosine similarities of the Lee documents' ``embeddings`` (in
+    :func:`datasets.lee_documents` order) and the human ratings of the 1,225 pairs."""
     i, j, ratings = datasets.lee_similarity_pairs()
-    embeddings = encode(documents)
     embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
     cosine = np.sum(embeddings[i] * embeddings[j], axis=1)
     return float(np.corrcoef(cosine, ratings)[0, 1])

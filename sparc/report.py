@@ -1,60 +1,21 @@
-"""The compile report: what each pass did to size, compute, accuracy, and the final latency.
+"""The compile report: what each pass did to size, compute, quality and time, and the final latency.
 
-Output error compares a model's outputs with the original model's on the same validation
-batches: ``max_abs`` = max|y − y₀|, ``mean_abs`` = mean|y − y₀|, ``max_rel`` = max|y − y₀| /
-max|y₀| and ``mean_rel`` = mean|y − y₀| / mean|y₀| (relative to the output's scale, so
-near-zero outputs do not blow up), each over every output element of every batch.
+Output error and fidelity are measured per output against the original model on the same
+validation batches (:mod:`sparc.measure.outputs`); the pass table shows the worst float
+output's relative error and every output's fidelity, and a table per output follows for the
+compiled model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from sparc.analysis.cost import ModelStats
-
-
-@dataclasses.dataclass
-class OutputError:
-    """Output difference against the original model (see the module docstring)."""
-
-    max_abs: float
-    mean_abs: float
-    max_rel: float
-    mean_rel: float
-    finite: bool = True
-
-    @classmethod
-    def between(cls, outputs: Sequence[Sequence[np.ndarray]], reference: Sequence[Sequence[np.ndarray]]):
-        """Error of ``outputs`` (per batch, per output) against ``reference`` of equal shapes."""
-        max_abs = max_ref = 0.0
-        sum_abs = sum_ref = 0.0
-        count = 0
-        finite = True
-        for batch, ref_batch in zip(outputs, reference):
-            for got, want in zip(batch, ref_batch):
-                got = np.asarray(got, dtype=np.float64)
-                want = np.asarray(want, dtype=np.float64)
-                finite = finite and bool(np.isfinite(got).all())
-                diff = np.abs(got - want)
-                max_abs = max(max_abs, float(np.nanmax(diff, initial=0.0)))
-                max_ref = max(max_ref, float(np.abs(want).max(initial=0.0)))
-                sum_abs += float(np.nansum(diff))
-                sum_ref += float(np.abs(want).sum())
-                count += diff.size
-        mean_abs = sum_abs / max(count, 1)
-        mean_ref = sum_ref / max(count, 1)
-        return cls(
-            max_abs=max_abs,
-            mean_abs=mean_abs,
-            max_rel=max_abs / max_ref if max_ref else max_abs,
-            mean_rel=mean_abs / mean_ref if mean_ref else mean_abs,
-            finite=finite,
-        )
+from sparc.measure.outputs import OutputError
 
 
 @dataclasses.dataclass
@@ -69,6 +30,8 @@ class PassEntry:
     error: OutputError | None
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
     peak_rss: int | None = None  # bytes, the whole process, while the pass ran
+    calibration_seconds: float = 0.0  # of ``seconds``: running the model on calibration data
+    verify_seconds: float = 0.0  # after the pass: checking its outputs and measuring its size
 
 
 def feed_shapes(feeds) -> str:
@@ -142,9 +105,12 @@ class Report:
         return self.passes[-1].error if self.passes else None
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self)) | {
+        plain = _plain(dataclasses.asdict(self))
+        for entry, data in zip(self.passes, plain["passes"]):
+            data["error"] = _plain(entry.error.to_dict()) if entry.error else None
+        return plain | {
             "final": _plain(dataclasses.asdict(self.final)),
-            "error": _plain(dataclasses.asdict(self.error)) if self.error else None,
+            "error": _plain(self.error.to_dict()) if self.error else None,
         }
 
     def to_json(self) -> str:
@@ -156,21 +122,19 @@ class Report:
             "",
             f"backend: {self.backend}, target: {self.target}; validation: {self.validation}",
             "",
-            "| step | params | non-zero | MACs | bytes | max rel err | mean rel err | time s | peak RSS MB |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-            _row("original", self.original, None, None, None),
+            "| step | params | non-zero | MACs | bytes | max rel err | fidelity | time s | calib s | verify s "
+            "| peak RSS MB |",
+            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+            _row("original", self.original, None, None),
         ]
         for entry in self.passes:
             mark = "" if entry.modified else " (no change)"
-            lines.append(_row(entry.name + mark, entry.stats, entry.error, entry.seconds, entry.peak_rss))
+            lines.append(_row(entry.name + mark, entry.stats, entry.error, entry))
         lines.append("")
         lines.append(_totals(self.original, self.final))
         if self.error is not None:
-            e = self.error
-            lines.append(
-                f"output error vs original: max abs {e.max_abs:.3g}, mean abs {e.mean_abs:.3g}, "
-                f"max rel {e.max_rel:.3g}, mean rel {e.mean_rel:.3g}"
-            )
+            lines += ["", "Output error vs original, per output (each relative to its own scale):", "",
+                      *_output_table(self.error), ""]
         if self.latency is not None:
             lat = self.latency
             lines.append(
@@ -194,14 +158,25 @@ class Report:
         return self.to_markdown()
 
 
-def _row(name: str, stats: ModelStats, error: OutputError | None, seconds: float | None,
-         peak: int | None) -> str:
-    err = (f"{error.max_rel:.3g}", f"{error.mean_rel:.3g}") if error else ("", "")
+def _row(name: str, stats: ModelStats, error: OutputError | None, entry: PassEntry | None) -> str:
+    err = (f"{error.max_rel:.3g}", error.fidelity()) if error else ("", "")
+    times = ("", "", "") if entry is None else (
+        f"{entry.seconds:.2f}", f"{entry.calibration_seconds:.2f}", f"{entry.verify_seconds:.2f}")
+    peak = "" if entry is None or entry.peak_rss is None else f"{entry.peak_rss / 2**20:,.0f}"
     return (
         f"| {name} | {stats.params:,} | {stats.nonzero_params:,} | {_macs(stats)} | "
-        f"{stats.bytes:,} | {err[0]} | {err[1]} | {'' if seconds is None else f'{seconds:.2f}'} | "
-        f"{'' if peak is None else f'{peak / 2**20:,.0f}'} |"
+        f"{stats.bytes:,} | {err[0]} | {err[1]} | {' | '.join(times)} | {peak} |"
     )
+
+
+def _output_table(error: OutputError) -> list[str]:
+    lines = ["| output | dtype | shape | measure | max abs err | max rel err | mean rel err | fidelity |",
+             "|---|---|---|---|---:|---:|---:|---|"]
+    for o in error.outputs:
+        errors = ("exact", "exact", "exact") if o.exact else (f"{o.max_abs:.3g}", f"{o.max_rel:.3g}",
+                                                              f"{o.mean_rel:.3g}")
+        lines.append(f"| {o.name} | {o.dtype} | {o.shape} | {o.measure} | {' | '.join(errors)} | {o.fidelity()} |")
+    return lines
 
 
 def _macs(stats: ModelStats) -> str:

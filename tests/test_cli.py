@@ -77,13 +77,39 @@ def test_bench_onnx_against_torch_eager(capsys):
 
 
 def test_demo(tmp_path, capsys):
+    """The demo tries every candidate, keeps the fastest within the budget, and what it writes
+    is true: the exported model reproduces the cosine and Lee r it reports."""
+    import torch
+
+    import sparc
+    from sparc import datasets, demo, quality, zoo
+    from sparc.backends.onnxruntime import OrtRunner
+
     code, stdout, _ = run_cli("demo", "--out", tmp_path / "demo", capsys=capsys)
     assert code == 0
-    for name in ("model.onnx", "report.md", "report.json"):
+    for name in ("model.onnx", "report.md", "report.json", "tradeoff.png"):
         assert (tmp_path / "demo" / name).is_file()
-    assert "similarity-rating correlation on the 1,225 gensim Lee pairs: original 0.65" in stdout
-    report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert report["latency"]["ratio"] > 0
+    assert "| latency ms (1 thread, batch 1, seq 128) |" in stdout and "| Lee r (1,225 rated pairs) | 0.65" in stdout
+    result = json.loads((tmp_path / "demo" / "report.json").read_text())
+    trials = {t["name"]: t for t in result["trials"]}
+    assert list(trials) == list(demo.CANDIDATES)
+    chosen = trials[result["chosen"]]
+    within = [t for t in trials.values() if t["meets_budget"]]
+    if within:
+        assert chosen["speedup"] == max(t["speedup"] for t in within)
+    else:
+        assert "No recipe stays within the budget" in result["verdict"]
+    assert chosen["speedup"] == pytest.approx(1 / result["report"]["latency"]["ratio"])
+    minilm = zoo.minilm()
+    documents = datasets.lee_documents()
+    exported = OrtRunner(sparc.load(tmp_path / "demo" / "model.onnx").model, threads=1)
+    embeddings = quality.encoder(exported.run, minilm, demo.SEQ)(documents)
+    assert quality.lee_correlation_of(embeddings) == pytest.approx(chosen["lee_r"], abs=1e-4)
+    with torch.no_grad():
+        original = quality.encoder(lambda f: minilm.module(**zoo.torch_inputs(f)).numpy(), minilm, demo.SEQ)(documents)
+    cosines = np.sum(embeddings * original, axis=1) / np.linalg.norm(embeddings, axis=1) / np.linalg.norm(original, axis=1)
+    assert cosines.mean() == pytest.approx(chosen["cosine"], abs=1e-4)
+    assert chosen["params"] == result["report"]["final"]["params"]
 
 
 @pytest.mark.parametrize(

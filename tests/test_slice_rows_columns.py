@@ -260,7 +260,7 @@ def test_ffn_slicing_on_llama_silu_units(llama_ir):
 
 def test_ffn_slicing_on_minilm_keeps_quality(minilm, minilm_ir):
     from sparc import datasets, quality
-    from sparc.demo import encoder
+    from sparc.quality import encoder
 
     calib = minilm.batches(datasets.lee_background()[:48], 8, seq=64)
     compiled = _compile(minilm_ir, [SliceRowsColumns(ratio=0.25, target="ffn")], calib)

@@ -59,7 +59,18 @@ def test_outputs_that_differ_are_an_error():
         targets._differences({"y": np.ones((3, 2), np.float32)}, expected, "m.onnx", "wasm")
     with pytest.raises(BackendError, match=r"\['y'\] are missing"):
         targets._differences({}, expected, "m.onnx", "wasm")
-    assert targets._differences({"y": expected["y"] * 1.5}, expected, "m.onnx", "wasm") == (0.5, 0.5)
+    scaled = targets._differences({"y": expected["y"] * 1.5}, expected, "m.onnx", "wasm")
+    assert (scaled.max_abs, scaled.max_rel) == (0.5, 0.5)
+
+
+def test_each_output_is_compared_on_its_own_scale_and_integers_exactly():
+    """A large integer output must not hide a small float output's error, nor vice versa."""
+    expected = {"ids": np.array([[101, 20000, 102]]), "embedding": np.full((1, 4), 0.5, np.float32)}
+    got = {"ids": expected["ids"].copy(), "embedding": expected["embedding"] + 0.01}
+    agreement = targets._differences(got, expected, "m.onnx", "wasm")
+    assert agreement.max_rel == pytest.approx(0.02) and agreement.exceeding(1e-3)[0].name == "embedding"
+    got = {"ids": expected["ids"] + [[0, 1, 0]], "embedding": expected["embedding"]}
+    assert [o.name for o in targets._differences(got, expected, "m.onnx", "wasm").exceeding(1e-3)] == ["ids"]
 
 
 def test_arm_without_a_rootfs_says_how_to_build_it(monkeypatch, tmp_path):

@@ -5,8 +5,9 @@ ONNX must give Python ONNX Runtime's outputs in onnxruntime-web (WebAssembly, No
 it is also timed beside the original. ``arm``: the same outputs from the aarch64 ONNX Runtime
 wheel under qemu-user (correctness only; emulated time is not reported).
 
-The comparison: ``max |target − python| / max |python|`` over each output, the worst output
-counting; it must stay within ``TOLERANCE`` (float32 kernels differ in summation order).
+The comparison is :mod:`sparc.measure.outputs` per output: every float output's
+``max |target − python| / max |python|`` must stay within the ``target`` tolerance (float32
+kernels differ in summation order), integer outputs must be identical.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import numpy as np
 import onnx_ir as ir
 
 from sparc.errors import BackendError
+from sparc.measure.outputs import TOLERANCES, OutputError, measures_of
 from sparc.report import Latency, TargetCheck, feed_shapes
 
-TARGETS = ("cpu", "wasm", "arm")
 CHECKED_TARGETS = ("wasm", "arm")
-TOLERANCE = 1e-3
+TOLERANCE = TOLERANCES["target"]
 
 
 def verify(model: str | Path, target: str, feeds: Mapping[str, np.ndarray], *,
@@ -39,7 +40,8 @@ def verify(model: str | Path, target: str, feeds: Mapping[str, np.ndarray], *,
     if target not in CHECKED_TARGETS:
         raise BackendError(f"target {target!r} has nothing to verify; choose from {list(CHECKED_TARGETS)}")
     feeds = {k: np.asarray(v) for k, v in feeds.items()}
-    expected = OrtRunner(load_onnx(model), threads=threads).run(feeds)
+    loaded = load_onnx(model)
+    expected = OrtRunner(loaded, threads=threads).run(feeds)
     latency = None
     if target == "wasm":
         from sparc.backends import ort_web
@@ -59,11 +61,12 @@ def verify(model: str | Path, target: str, feeds: Mapping[str, np.ndarray], *,
         got = outputs["compiled"]
         runtime = (f"onnxruntime {versions['onnxruntime']} {versions['machine']} wheel, Python "
                    f"{versions['python']}, under qemu-user")
-    worst_abs, worst_rel = _differences(got, expected, model, target)
-    if worst_rel > TOLERANCE:
-        raise BackendError(f"{model} on {target}: outputs differ from Python ONNX Runtime by {worst_rel:.3g} "
-                           f"(relative to the output scale; tolerance {TOLERANCE:g})")
-    return TargetCheck(target, runtime, feed_shapes(feeds), worst_abs, worst_rel, TOLERANCE, latency)
+    agreement = _differences(got, expected, model, target, measures_of(loaded))
+    if agreement.exceeding(TOLERANCE):
+        raise BackendError(f"{model} on {target}: outputs differ from Python ONNX Runtime: "
+                           f"{agreement.violations(TOLERANCE)} (relative to each output's scale)")
+    return TargetCheck(target, runtime, feed_shapes(feeds), agreement.max_abs, agreement.max_rel, TOLERANCE,
+                       latency)
 
 
 def verify_models(model: ir.Model, original: ir.Model | None, target: str, feeds, *, threads: int = 1,
@@ -81,17 +84,14 @@ def verify_models(model: ir.Model, original: ir.Model | None, target: str, feeds
         return verify(path, target, feeds, baseline=baseline, threads=threads, rounds=rounds)
 
 
-def _differences(got: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], model, target):
+def _differences(got: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], model, target,
+                 measures: Mapping[str, str] | None = None) -> OutputError:
     missing = sorted(set(expected) - set(got))
     if missing:
         raise BackendError(f"{model} on {target}: outputs {missing} are missing")
-    worst_abs = worst_rel = 0.0
     for name, reference in expected.items():
-        ours = np.asarray(got[name])
-        if ours.shape != reference.shape:
-            raise BackendError(f"{model} on {target}: output {name!r} has shape {list(ours.shape)}, "
+        shape = np.shape(got[name])
+        if shape != reference.shape:
+            raise BackendError(f"{model} on {target}: output {name!r} has shape {list(shape)}, "
                                f"Python ONNX Runtime gives {list(reference.shape)}")
-        difference = float(np.abs(ours.astype(np.float64) - reference).max(initial=0.0))
-        scale = max(float(np.abs(reference.astype(np.float64)).max(initial=0.0)), 1e-12)
-        worst_abs, worst_rel = max(worst_abs, difference), max(worst_rel, difference / scale)
-    return worst_abs, worst_rel
+    return OutputError.of_runs({k: np.asarray(v) for k, v in got.items()}, expected, measures)

@@ -39,9 +39,9 @@ from sparc.analysis.cost import observed_shapes
 from sparc.calibrate import CalibrationData, ChannelStats, Gram, collect, run_batches, synthetic_feeds
 from sparc.errors import RecipeError
 from sparc.ir_utils import constant_array, copy_model
+from sparc.measure.outputs import OutputError
 from sparc.passes import edit
 from sparc.passes.base import SparcPass, choice, integer, number, patterns, register
-from sparc.report import OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class ChannelCrop(SparcPass):
             return "none"
         data = CalibrationData(self.calibration.batches[:REFINEMENT_BATCHES])
         reference = run_batches(model, data, threads=self.threads)
+        names = [v.name for v in model.graph.outputs]
         errors = {}
         for name in asked:
             trial = copy_model(model)
@@ -129,7 +130,7 @@ class ChannelCrop(SparcPass):
             plan = [(groups[index], units) for index, units in removed.items()]
             _apply_plan(trial.graph, plan, stats, *REFINEMENTS[name])
             outputs = run_batches(trial, data, threads=self.threads)
-            errors[name] = OutputError.between(outputs, reference).mean_rel
+            errors[name] = OutputError.between(outputs, reference, names).mean_rel
         best = min(asked, key=lambda name: errors[name])
         self.details["refinement"] = {"chosen": best, **{k: round(v, 4) for k, v in errors.items()}}
         return best

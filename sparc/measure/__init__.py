@@ -1,0 +1,1 @@
+"""Measuring models: output error and fidelity against the original (``outputs``)."""

@@ -1,0 +1,68 @@
+"""sparc with only its core dependencies (no torch, no model packages, no TVM) in a fresh venv:
+``sparc inspect`` and ``sparc compile --recipe --calib`` on a real ONNX file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import onnx
+import pytest
+
+from sparc.zoo import cache_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = """\
+passes:
+  - ChannelCrop: {ratio: 0.25, importance: activation}
+  - NMSparsity: {n: 2, m: 4, method: wanda}
+"""
+
+
+def _run(command: list, **options) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return subprocess.run([str(c) for c in command], capture_output=True, text=True, env=env, timeout=900, **options)
+
+
+@pytest.fixture(scope="session")
+def core_venv() -> Path:
+    """A venv with sparc's core dependencies, built once per pyproject (cached), with this
+    checkout's sparc installed into it (not editable) on every run."""
+    pyproject = (ROOT / "pyproject.toml").read_bytes()
+    dependencies = tomllib.loads(pyproject.decode())["project"]["dependencies"]
+    folder = cache_dir() / f"core-venv-{hashlib.sha256(pyproject).hexdigest()[:12]}"
+    python = folder / "bin" / "python"
+    if not (folder / ".complete").is_file():
+        assert _run([sys.executable, "-m", "venv", "--clear", folder]).returncode == 0
+        done = _run([python, "-m", "pip", "install", "--quiet", *dependencies])
+        assert done.returncode == 0, done.stderr[-2000:]
+        (folder / ".complete").write_text("\n".join(dependencies))
+    done = _run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", ROOT])
+    assert done.returncode == 0, done.stderr[-2000:]
+    return folder
+
+
+def test_the_core_install_has_none_of_the_optional_packages(core_venv):
+    for name in ("torch", "tvm", "transformers", "sentence_transformers", "matplotlib"):
+        done = _run([core_venv / "bin" / "python", "-c", f"import {name}"])
+        assert done.returncode != 0, f"{name} is importable in the core venv"
+
+
+def test_inspect_and_compile_an_onnx_file_with_core_dependencies_only(core_venv, minilm_path, minilm_npz, tmp_path):
+    sparc = core_venv / "bin" / "sparc"
+    inspected = _run([sparc, "inspect", minilm_path, "--dim", "batch=1", "--dim", "seq=128"], cwd=tmp_path)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "parameters: 22,565,381" in inspected.stdout
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    out = tmp_path / "out.onnx"
+    compiled = _run([sparc, "compile", minilm_path, "-o", out, "--recipe", tmp_path / "recipe.yaml",
+                     "--calib", minilm_npz, "--batch-size", "4", "--threads", "1"], cwd=tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    assert "| ChannelCrop" in compiled.stdout and "| NMSparsity" in compiled.stdout
+    assert "cos " in compiled.stdout  # the embedding's fidelity
+    onnx.checker.check_model(str(out))
+    assert out.stat().st_size < minilm_path.stat().st_size
