@@ -24,18 +24,22 @@ HEADS, FFN = demo.HEADS, demo.FFN
 
 def crop(heads: float, ffn: float, importance: str = "activation", refine: bool = True) -> list:
     ratio = {p: r for p, r in ((HEADS, heads), (FFN, ffn)) if r}
-    return [ChannelCrop(ratio=ratio, importance=importance, bias_compensation=refine, reconstruct=refine)]
+    return [ChannelCrop(ratio=ratio, importance=importance, bias_compensation=refine, reconstruct=refine,
+                        round_to=1 if heads else 8)]
 
 
 RECIPES = {
     "FFN slicing 25%": lambda: [SliceRowsColumns(target="ffn", ratio=0.25)],
     "FFN slicing 50%": lambda: [SliceRowsColumns(target="ffn", ratio=0.5)],
+    "ChannelCrop FFN 15%": lambda: crop(0, 0.15),
+    "ChannelCrop FFN 20%": lambda: crop(0, 0.2),
     "ChannelCrop FFN 25%": lambda: crop(0, 0.25),
     "ChannelCrop FFN 50%": lambda: crop(0, 0.5),
     "ChannelCrop FFN 50% l2, no refinement": lambda: crop(0, 0.5, "l2", False),
     "ChannelCrop FFN 62.5%": lambda: crop(0, 0.625),
     "ChannelCrop FFN 75%": lambda: crop(0, 0.75),
     "ChannelCrop heads 25%": lambda: crop(0.25, 0),
+    "ChannelCrop heads 1/12 (round_to 1)": lambda: crop(1 / 12, 0),
     "ChannelCrop heads 50%": lambda: crop(0.5, 0),
     "ChannelCrop heads 25% + FFN 50%": lambda: crop(0.25, 0.5),
     "ChannelCrop heads 25% + FFN 25%": lambda: crop(0.25, 0.25),

@@ -580,7 +580,8 @@ def _reshape_like(builder, node, space, input_index, output_index):
         if after[axis] == 1:
             continue
         coordinate = (flat // math.prod(after[axis + 1 :])) % after[axis]
-        pairs = np.unique(np.stack([channel, coordinate]), axis=1)
+        keys = np.unique(channel * after[axis] + coordinate)  # the distinct (channel, coordinate) pairs, sorted
+        pairs = np.stack([keys // after[axis], keys % after[axis]])
         coord_of_channel = len(np.unique(pairs[0])) == pairs.shape[1]
         channel_of_coord = len(np.unique(pairs[1])) == pairs.shape[1]
         if coord_of_channel or channel_of_coord:
