@@ -147,3 +147,22 @@ def test_fold_constants_folds_a_constant_subgraph():
     assert [n.op_type for n in model.graph] == ["Add"]
     folded = model.graph.node(0).inputs[1]
     np.testing.assert_allclose(folded.const_value.numpy(), [0.5, 1.0, 1.5])
+
+
+def test_a_pass_object_reused_across_compiles_gives_what_a_fresh_one_gives():
+    """bind() takes each compile's data, and details start empty: nothing leaks between compiles."""
+    from sparc.passes import ChannelCrop, NMSparsity
+
+    def recipe():
+        return [NMSparsity(method="wanda"), ChannelCrop(ratio=0.25, importance="activation", round_to=1)]
+
+    rng = np.random.default_rng(1)
+    other = [{"x": (rng.standard_normal((4, 16)) * rng.uniform(0.1, 3, 16)).astype(np.float32)} for _ in range(3)]
+    model, reused = _mlp_model(), recipe()
+    first = sparc.compile(model, calibration=list(_data()), recipe=reused, latency_rounds=0)
+    second = sparc.compile(model, calibration=other, recipe=reused, latency_rounds=0)
+    fresh = sparc.compile(model, calibration=other, recipe=recipe(), latency_rounds=0)
+    assert ir.to_onnx_text(first.model) != ir.to_onnx_text(second.model)  # the data matters
+    assert ir.to_onnx_text(second.model) == ir.to_onnx_text(fresh.model)
+    assert [e.details for e in second.report.passes] == [e.details for e in fresh.report.passes]
+    assert first.report.passes[0].details is not second.report.passes[0].details

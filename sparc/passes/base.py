@@ -4,7 +4,8 @@ A pass is an ``onnx_ir`` in-place pass with keyword-only options validated in it
 constructor (bad values raise :class:`RecipeError` naming the pass and option). It returns an
 explicit ``PassResult`` and fills ``self.details`` with what it did, which the pipeline puts
 in the report. A pass that needs calibration data reads it from ``self.calibration``: its own
-``calibration=`` option when given, else the pipeline's.
+``calibration=`` option when given, else the pipeline's. The pipeline binds its data before
+each run and the details start empty, so one pass object can serve any number of compiles.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ class SparcPass(ir.passes.InPlacePass):
 
     def __init__(self, *, calibration=None, max_error: float | None = None, threads=None):
         super().__init__()
+        self._own_calibration = calibration
+        self._own_threads = optional_int(self, "threads", threads, low=1)
         self._calibration = calibration
+        self.threads = self._own_threads
         self.max_error = optional_number(self, "max_error", max_error, low=0.0)
-        self.threads = optional_int(self, "threads", threads, low=1)
         self.details: dict[str, Any] = {}
 
     @property
@@ -56,11 +59,11 @@ class SparcPass(ir.passes.InPlacePass):
         }
 
     def bind(self, calibration: CalibrationData | None, threads: int | None) -> None:
-        """Called by the pipeline: supply its calibration data unless the pass has its own."""
-        if self._calibration is None:
-            self._calibration = calibration
-        if self.threads is None:
-            self.threads = threads
+        """Called by the pipeline before each run: its calibration data and threads unless the
+        pass was given its own; the details of an earlier run are dropped."""
+        self._calibration = self._own_calibration if self._own_calibration is not None else calibration
+        self.threads = self._own_threads if self._own_threads is not None else threads
+        self.details = {}
 
     @property
     def calibration(self) -> CalibrationData | None:
