@@ -42,6 +42,11 @@ class PassError(SparcError):
         super().__init__(f"pass {pass_name} (after {after}) failed: {reason}")
 
 
+class StructureError(SparcError):
+    """The graph does not have the structure a pass needs (a pre-norm transformer, attention
+    blocks); says why and where."""
+
+
 class CalibrationError(SparcError):
     """Calibration or validation data does not fit the model, or running it failed."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -29,9 +30,10 @@ def _run(command: list, **options) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def core_venv() -> Path:
+def core_venv(tmp_path_factory) -> Path:
     """A venv with sparc's core dependencies, built once per pyproject (cached), with this
-    checkout's sparc installed into it (not editable) on every run."""
+    checkout's sparc installed into it (not editable, built from a copy: pip's build folder
+    stays out of the checkout) on every run."""
     pyproject = (ROOT / "pyproject.toml").read_bytes()
     dependencies = tomllib.loads(pyproject.decode())["project"]["dependencies"]
     folder = cache_dir() / f"core-venv-{hashlib.sha256(pyproject).hexdigest()[:12]}"
@@ -41,7 +43,11 @@ def core_venv() -> Path:
         done = _run([python, "-m", "pip", "install", "--quiet", *dependencies])
         assert done.returncode == 0, done.stderr[-2000:]
         (folder / ".complete").write_text("\n".join(dependencies))
-    done = _run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", ROOT])
+    source = tmp_path_factory.mktemp("sparc-source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "sparc", source / "sparc", ignore=shutil.ignore_patterns("__pycache__"))
+    done = _run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", source])
     assert done.returncode == 0, done.stderr[-2000:]
     return folder
 

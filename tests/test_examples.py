@@ -32,7 +32,7 @@ def test_every_example_is_tested():
 def test_example_runs(script, tmp_path):
     expected_text, files = CASES[script]
     done = subprocess.run([sys.executable, str(EXAMPLES / script), "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=1200, cwd=EXAMPLES)
+                          capture_output=True, text=True, timeout=850, cwd=EXAMPLES)
     assert done.returncode == 0, done.stderr[-3000:]
     for text in expected_text:
         assert text in done.stdout, f"{text!r} not in the output of {script}"

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 import pytest
 import torch
 from tiny_models import MLP, TinyGPT, seeded
 
 import sparc
 from sparc import zoo
-from sparc.analysis.transformer import StructureError, find_transformer
+from sparc.analysis.transformer import find_transformer
 from sparc.backends.onnxruntime import OrtRunner
 from sparc.capture import capture_torch
-from sparc.errors import PassError, RecipeError
+from sparc.errors import PassError, RecipeError, StructureError
 from sparc.passes import SliceRowsColumns
 
 

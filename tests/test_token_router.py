@@ -10,11 +10,10 @@ from tiny_models import MLP, TinyGPT, seeded
 import sparc
 from sparc import datasets, zoo
 from sparc.analysis.blocks import find_blocks
-from sparc.analysis.transformer import StructureError
 from sparc.backends.onnxruntime import OrtRunner
 from sparc.calibrate import CalibrationData
 from sparc.capture import capture_torch
-from sparc.errors import PassError, RecipeError
+from sparc.errors import PassError, RecipeError, StructureError
 from sparc.ir_utils import copy_model
 from sparc.passes import TokenRouter, build_pass
 

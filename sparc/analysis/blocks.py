@@ -19,7 +19,7 @@ import dataclasses
 import onnx_ir as ir
 
 from sparc.analysis.norms import find_norms
-from sparc.analysis.transformer import StructureError
+from sparc.errors import StructureError
 
 
 @dataclasses.dataclass

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from sparc.analysis.transformer import StructureError
+from sparc.errors import StructureError
 
 ADDITIVE_MASK_FLOOR = -1000.0
 

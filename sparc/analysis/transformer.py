@@ -24,11 +24,7 @@ import onnx_ir as ir
 
 from sparc.analysis.linear import LinearLayer, find_linear_layers
 from sparc.analysis.norms import Norm, find_norms
-from sparc.errors import SparcError
-
-
-class StructureError(SparcError):
-    """The graph does not have the pre-norm transformer structure; says why and where."""
+from sparc.errors import StructureError
 
 
 @dataclasses.dataclass

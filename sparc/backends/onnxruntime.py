@@ -28,7 +28,6 @@ OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-TARGETS = ("cpu",)
 
 
 def session_options(threads: int | None, optimization: str = "all") -> ort.SessionOptions:
@@ -92,13 +91,13 @@ class OrtRunner(Executable):
 def _make_session(model, options, providers) -> ort.InferenceSession:
     """A session over a file, or over the IR with ``ai.sparc`` ops lowered to standard ONNX."""
     from sparc.capture.onnx import check_tensors
-    from sparc.ops import has_sparc_ops, lower_to_standard
+    from sparc.ops import DOMAIN, has_sparc_ops, lower_to_standard
 
     if isinstance(model, (str, os.PathLike)):
         model = Path(model)
         proto = onnx.load(str(model), load_external_data=False)
         check_tensors(proto, str(model), model.parent)
-        if not any(op.domain == "ai.sparc" for op in proto.opset_import):
+        if not any(op.domain == DOMAIN for op in proto.opset_import):
             return ort.InferenceSession(str(model), options, providers=providers)
         model = ir.load(model)
     if has_sparc_ops(model):

@@ -39,9 +39,9 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from sparc.analysis.ffn import FFNUnit, find_ffn_units
 from sparc.analysis.linear import LinearLayer
 from sparc.analysis.norms import Norm
-from sparc.analysis.transformer import StructureError, TransformerStructure, find_transformer
+from sparc.analysis.transformer import TransformerStructure, find_transformer
 from sparc.calibrate import ChannelStats, Gram, collect, token_mask
-from sparc.errors import RecipeError
+from sparc.errors import RecipeError, StructureError
 from sparc.ir_utils import constant_array
 from sparc.passes import edit
 from sparc.passes.base import SparcPass, choice, integer, number, register
@@ -62,7 +62,7 @@ class SliceRowsColumns(SparcPass):
         ratio: float = 0.25,
         schedule: list | None = None,
         target: str = "stream",
-        rotation: str = "per_layer",
+        rotation: str | None = None,
         tie_head: bool = True,
         damping: float = 0.01,
         round_to: int = 8,
@@ -73,7 +73,8 @@ class SliceRowsColumns(SparcPass):
         self.ratio = number(self, "ratio", ratio, low=0.0, high=0.95)
         self.schedule = _schedule(self, schedule)
         self.target = choice(self, "target", target, {"stream", "ffn"})
-        self.rotation = choice(self, "rotation", rotation, {"per_layer", "shared"})
+        default = "per_layer" if self.schedule is not None else "shared"  # a schedule needs per-layer Qs
+        self.rotation = choice(self, "rotation", rotation or default, {"per_layer", "shared"})
         self.damping = number(self, "damping", damping, low=0.0)
         self.round_to = integer(self, "round_to", round_to, low=1)
         self.strict = bool(strict)

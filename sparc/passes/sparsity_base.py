@@ -22,9 +22,8 @@ import onnx_ir as ir
 
 from sparc import sparsegpt
 from sparc.analysis.linear import LinearLayer, find_linear_layers
-from sparc.analysis.transformer import StructureError
 from sparc.calibrate import ChannelStats, Gram, collect, token_mask
-from sparc.errors import CalibrationError
+from sparc.errors import CalibrationError, StructureError
 from sparc.passes import edit
 from sparc.passes.base import SparcPass, choice, integer, number, patterns
 from sparc.sparsity import Pattern, annotate, select_mask

@@ -47,9 +47,8 @@ from sparc.analysis.sequence import (
     input_sequence_axes,
     truncated,
 )
-from sparc.analysis.transformer import StructureError
 from sparc.calibrate import exposing_runner
-from sparc.errors import RecipeError
+from sparc.errors import RecipeError, StructureError
 from sparc.ir_utils import add_initializer
 from sparc.passes.base import SparcPass, choice, integer, number, register
 
