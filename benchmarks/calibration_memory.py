@@ -23,8 +23,8 @@ import numpy as np
 from common import write_results
 
 import sparc
-from sparc import datasets, quality, zoo
-from sparc.memory import rss_bytes
+from sparc.eval import datasets, quality, zoo
+from sparc.measure.memory import rss_bytes
 from sparc.passes import NMSparsity, SliceRowsColumns
 
 MB = 2**20

@@ -20,11 +20,11 @@ import numpy as np
 from common import write_results
 
 import sparc
-from sparc import datasets, quality, zoo
-from sparc.backends.onnxruntime import OrtRunner
-from sparc.benchmark import compare
-from sparc.quality import encoder
+from sparc.eval import datasets, quality, zoo
+from sparc.eval.quality import encoder
+from sparc.measure.latency import compare
 from sparc.passes import ChannelCrop
+from sparc.runtime import OrtRunner
 
 RATIOS = (0.1, 0.3, 0.5)
 CRITERIA = {

@@ -1,7 +1,7 @@
 """The recipes the demo could use on MiniLM-L6, measured the way the demo measures them.
 
 Each recipe is compiled on the same capture and calibration as ``sparc demo`` and measured
-with its protocol (``sparc.demo``): embedding cosine to the original and Lee r on the 50
+with its protocol (``sparc.eval.demo``): embedding cosine to the original and Lee r on the 50
 rated Lee documents, latency in ONNX Runtime at 1 thread, batch 1, 128 tokens, timed side by
 side with the original. The demo's ``CANDIDATES`` are picked from this table.
 
@@ -18,7 +18,7 @@ import json
 
 from common import RESULTS, write_results
 
-from sparc import demo
+from sparc.eval import demo
 from sparc.passes import ChannelCrop, SliceRowsColumns
 
 HEADS = demo.HEADS

@@ -15,11 +15,11 @@ import argparse
 from common import write_results
 
 import sparc
-from sparc import datasets, quality, zoo
-from sparc.backends.onnxruntime import OrtRunner
-from sparc.benchmark import compare
-from sparc.quality import encoder
+from sparc.eval import datasets, quality, zoo
+from sparc.eval.quality import encoder
+from sparc.measure.latency import compare
 from sparc.passes import SliceRowsColumns
+from sparc.runtime import OrtRunner
 
 
 def main() -> None:

@@ -10,9 +10,9 @@ import argparse
 
 from common import write_results
 
-from sparc import datasets
-from sparc.bench_models import runner_for, zoo_model
-from sparc.benchmark import compare
+from sparc.eval import datasets
+from sparc.eval.bench_models import runner_for, zoo_model
+from sparc.measure.latency import compare
 
 
 def main() -> None:

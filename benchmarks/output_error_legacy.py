@@ -21,9 +21,9 @@ import torch
 from common import write_results
 
 import sparc
-from sparc import datasets, zoo
-from sparc.backends.onnxruntime import OrtRunner
+from sparc.eval import datasets, zoo
 from sparc.passes import BlockSparsity, NMSparsity, SliceRowsColumns
+from sparc.runtime import OrtRunner
 
 RECIPES = {
     'SliceRowsColumns(target="ffn", ratio=0.5)': lambda: [SliceRowsColumns(target="ffn", ratio=0.5)],

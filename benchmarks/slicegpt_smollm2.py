@@ -18,10 +18,10 @@ import numpy as np
 from common import write_results
 
 import sparc
-from sparc import datasets, quality, zoo
-from sparc.backends.onnxruntime import OrtRunner
-from sparc.benchmark import compare
+from sparc.eval import datasets, quality, zoo
+from sparc.measure.latency import compare
 from sparc.passes import SliceRowsColumns
+from sparc.runtime import OrtRunner
 
 
 def main() -> None:

@@ -27,10 +27,10 @@ import numpy as np
 from common import write_results
 
 import sparc
-from sparc import datasets, quality, zoo
-from sparc.backends.onnxruntime import OrtRunner
-from sparc.quality import encoder
+from sparc.eval import datasets, quality, zoo
+from sparc.eval.quality import encoder
 from sparc.passes import BlockSparsity, FuseSparseOps, NMSparsity, UnstructuredSparsity
+from sparc.runtime import OrtRunner
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 SMOLLM2_PATTERNS = {

@@ -21,10 +21,10 @@ from common import write_results
 from transformers import AutoTokenizer
 
 import sparc
-from sparc import datasets, quality, zoo
 from sparc.backends.onnxruntime import export_onnx
 from sparc.backends.targets import verify
 from sparc.capture import capture_torch, load_onnx
+from sparc.eval import datasets, quality, zoo
 from sparc.passes import ChannelCrop, SliceRowsColumns, TokenRouter
 
 

@@ -20,19 +20,18 @@ import argparse
 import time
 
 import numpy as np
-
 from common import write_results
 
-from sparc import datasets, quality, zoo
 from sparc.analysis.blocks import find_blocks
-from sparc.analysis.cost import count_macs
-from sparc.backends.onnxruntime import OrtRunner
-from sparc.benchmark import compare
-from sparc.calibrate import CalibrationData
 from sparc.capture import capture_torch, load_onnx
-from sparc.quality import encoder
+from sparc.data import CalibrationData
+from sparc.eval import datasets, quality, zoo
+from sparc.eval.quality import encoder
 from sparc.ir_utils import copy_model
+from sparc.measure.cost import count_macs
+from sparc.measure.latency import compare
 from sparc.passes import TokenRouter
+from sparc.runtime import OrtRunner
 
 KEEPS = (0.7, 0.5, 0.3)
 ROUTERS = ("learned", "norm", "attention")

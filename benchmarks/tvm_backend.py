@@ -27,12 +27,12 @@ import tvm
 from common import write_results
 
 import sparc
-from sparc import datasets, zoo
-from sparc.backends.onnxruntime import OrtRunner
 from sparc.backends.tvm import TvmRunner, kernels, make_target, set_threads
 from sparc.backends.tvm.kernels import Layout
-from sparc.benchmark import compare
+from sparc.eval import datasets, zoo
+from sparc.measure.latency import compare
 from sparc.passes import BlockSparsity
+from sparc.runtime import OrtRunner
 
 SHAPES = {  # (K in, N out)
     "minilm qkvo": (384, 384), "minilm up": (384, 1536), "minilm down": (1536, 384),

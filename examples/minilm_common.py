@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from sparc import compile, datasets, quality, zoo
-from sparc.backends.onnxruntime import OrtRunner
-from sparc.quality import encoder
+from sparc import compile
+from sparc.eval import datasets, quality, zoo
+from sparc.eval.quality import encoder
+from sparc.runtime import OrtRunner
 
 
 def arguments(description: str) -> argparse.Namespace:

@@ -3,7 +3,7 @@
     python examples/nm_sparsity.py [--out out] [--quick]
 
 Wanda keeps, in every group of 4 input weights, the 2 with the largest |W|·‖x‖ (x the layer's
-calibration inputs). The mask is applied and recorded on each layer as a ``sparc.sparsity``
+calibration inputs). The mask is applied and recorded on each layer as a ``sparc.algorithms.sparsity``
 annotation that the exported ONNX keeps; ``sparc inspect`` checks it holds. Prints the report,
 the quality before and after, and each layer's verified pattern.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 
 from minilm_common import arguments, compile_minilm, print_lee_correlation
 
-from sparc.analysis.summary import summarize
 from sparc.passes import NMSparsity
+from sparc.summary import summarize
 
 args = arguments(__doc__.splitlines()[0])
 minilm, compiled = compile_minilm([NMSparsity(n=2, m=4, method="wanda")], args.quick)

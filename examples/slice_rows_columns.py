@@ -12,10 +12,11 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from sparc import compile, datasets, quality, zoo
-from sparc.backends.onnxruntime import OrtRunner
+from sparc import compile
 from sparc.capture import load_onnx
+from sparc.eval import datasets, quality, zoo
 from sparc.passes import SliceRowsColumns
+from sparc.runtime import OrtRunner
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", default="out", help="output folder (default ./out)")

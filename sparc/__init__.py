@@ -6,11 +6,28 @@
     y = compiled(x)
     compiled.export("model.onnx")
     compiled.report.to_markdown()    # per pass: params, MACs, output error, latency
+
+Layers, bottom to top; a module imports only from its own layer and those below
+(tests/test_layering.py checks it on the source):
+
+1. ``errors``, ``files``, ``ir_utils``, ``capture`` (ONNX files / torch modules -> IR)
+2. ``runtime``: ONNX Runtime sessions over an IR (custom domains lowered by what registered them)
+3. ``data``: calibration intake and checks
+4. ``measure``: running with exposed values (``execute``), streaming ``reducers``, output error
+   and fidelity (``outputs``), ``cost`` (params, MACs), ``latency``, ``memory``
+5. ``analysis`` (pure graph analyses, never run a model) and ``ops`` (the ``ai.sparc`` domain)
+6. ``algorithms`` the passes use (sparsity patterns, SparseGPT, the router MLP)
+7. ``passes`` (one per file, ``Pipeline``) and ``backends`` (ONNX Runtime, TVM, targets)
+8. ``compiler`` (``sparc.compile``), ``recipe``, ``report``, ``summary`` (``sparc inspect``)
+9. ``cli``
+
+Beside the core and never imported by it: ``sparc.eval``, the evaluation harness (model zoo,
+datasets, quality metrics, the demo); only the CLI's ``demo`` and ``bench`` commands load it.
 """
 
 from sparc import passes
-from sparc.calibrate import CalibrationData
 from sparc.compiler import CompiledModel, compile, load
+from sparc.data import CalibrationData
 from sparc.errors import (
     BackendError,
     CalibrationError,

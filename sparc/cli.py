@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from sparc.backends.targets import verify
+from sparc.capture import load_onnx
+from sparc.compiler import compile
+from sparc.data import as_calibration
 from sparc.errors import SparcError
+from sparc.files import write_atomic
+from sparc.measure.latency import compare
+from sparc.summary import summarize
 
 EXIT_ERROR = 1
 
@@ -113,10 +120,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _compile(args) -> int:
-    from sparc.calibrate import as_calibration
-    from sparc.capture import load_onnx
-    from sparc.compiler import compile
-
     output = Path(args.output)
     _check_writable(output, args.report, args.json)
     calibration = None
@@ -148,8 +151,6 @@ def _check_writable(*paths) -> None:
 
 
 def _write_reports(report, markdown_path, json_path) -> None:
-    from sparc.files import write_atomic
-
     if markdown_path:
         write_atomic(markdown_path, report.to_markdown())
     if json_path:
@@ -157,9 +158,6 @@ def _write_reports(report, markdown_path, json_path) -> None:
 
 
 def _inspect(args) -> int:
-    from sparc.analysis.summary import summarize
-    from sparc.capture import load_onnx
-
     summary = summarize(load_onnx(args.model), _dims(args.dim))
     if args.json:
         print(json.dumps(dataclasses.asdict(summary), indent=2))
@@ -200,8 +198,7 @@ def _dims(entries: list[str]) -> dict[str, int]:
 
 
 def _bench(args) -> int:
-    from sparc.bench_models import bench_inputs, runner_for
-    from sparc.benchmark import compare
+    from sparc.eval.bench_models import bench_inputs, runner_for
 
     specs = [args.vs, args.model] if args.vs else [args.model]
     feeds = bench_inputs(specs, args.inputs, batch=args.batch, seq=args.seq)
@@ -217,8 +214,7 @@ def _bench(args) -> int:
 
 
 def _verify(args) -> int:
-    from sparc.backends.targets import verify
-    from sparc.bench_models import bench_inputs
+    from sparc.eval.bench_models import bench_inputs
 
     feeds = bench_inputs([args.model], args.inputs, batch=args.batch, seq=args.seq)
     check = verify(args.model, args.target, feeds, baseline=args.vs, threads=args.threads, rounds=args.rounds)
@@ -229,7 +225,7 @@ def _verify(args) -> int:
 def _demo(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from sparc.demo import run_demo
+    from sparc.eval.demo import run_demo
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())

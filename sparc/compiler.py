@@ -12,20 +12,21 @@ import numpy as np
 import onnx_ir as ir
 
 from sparc import backends
-from sparc.analysis.cost import model_stats
 from sparc.backends.onnxruntime import export_onnx
 from sparc.backends.targets import CHECKED_TARGETS, verify_models
-from sparc.benchmark import compare
-from sparc.calibrate import CalibrationData, as_calibration, check_feeds, holdout_size
 from sparc.capture import capture, load_onnx
 from sparc.capture.torch import is_torch_module
+from sparc.data import CalibrationData, as_calibration, check_feeds, feed_shapes, holdout_size
 from sparc.errors import BackendError, CalibrationError
 from sparc.ir_utils import copy_model
+from sparc.measure.cost import model_stats
+from sparc.measure.latency import Latency, compare
 from sparc.measure.outputs import TOLERANCES, OutputError
 from sparc.ops import has_sparc_ops, lower_to_standard
 from sparc.passes.pipeline import Pipeline
 from sparc.recipe import load_recipe
-from sparc.report import Latency, Report, TargetCheck, feed_shapes
+from sparc.report import Report, TargetCheck
+from sparc.runtime import OrtRunner
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +219,6 @@ def _tvm_checked(runner, model, original, feeds, report, threads, rounds, option
     original in ONNX Runtime (ratio above ``FALLBACK_RATIO``) and ``fallback`` (default) is on,
     the compiled model runs in ONNX Runtime instead and the report says so.
     """
-    from sparc.backends.onnxruntime import OrtRunner
 
     start = time.perf_counter()
     runner.prepare({k: np.asarray(v).shape for k, v in feeds.items()})
@@ -256,8 +256,6 @@ def _target_checked(model, original, target, data, threads, rounds) -> TargetChe
 
 
 def _latency(original: ir.Model, runner, feeds, threads, rounds) -> Latency:
-    from sparc.backends.onnxruntime import OrtRunner
-
     baseline = OrtRunner(original, threads=threads)
     result = compare(
         {"original": lambda: baseline.run(feeds), "compiled": lambda: runner.run(feeds)},

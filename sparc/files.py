@@ -10,6 +10,14 @@ from pathlib import Path
 from sparc.errors import SparcError
 
 
+def cache_dir() -> Path:
+    """Where sparc keeps what it makes once (converted models, npm packages, the aarch64
+    rootfs, TVM layout timings): ``$SPARC_CACHE``, else ``~/.cache/sparc``."""
+    root = Path(os.environ.get("SPARC_CACHE", Path.home() / ".cache" / "sparc"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)

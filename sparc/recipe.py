@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from sparc.errors import RecipeError
+from sparc.passes import FoldConstants, RemoveUnused
 from sparc.passes.base import SparcPass, build_pass
 
 RECIPE_KEYS = ("passes", "backend", "target")
@@ -30,8 +31,6 @@ RECIPE_KEYS = ("passes", "backend", "target")
 
 def default_passes() -> list[SparcPass]:
     """The recipe ``sparc compile`` applies when given none."""
-    from sparc.passes import FoldConstants, RemoveUnused
-
     return [FoldConstants(), RemoveUnused()]
 
 

@@ -14,72 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from sparc.analysis.cost import ModelStats
+from sparc.backends.targets import TargetCheck
+from sparc.measure.cost import ModelStats
+from sparc.measure.latency import Latency
 from sparc.measure.outputs import OutputError
-
-
-@dataclasses.dataclass
-class PassEntry:
-    """One pass of the pipeline and the model right after it."""
-
-    name: str
-    options: dict[str, Any]
-    modified: bool
-    seconds: float
-    stats: ModelStats
-    error: OutputError | None
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)
-    peak_rss: int | None = None  # bytes, the whole process, while the pass ran
-    calibration_seconds: float = 0.0  # of ``seconds``: running the model on calibration data
-    verify_seconds: float = 0.0  # after the pass: checking its outputs and measuring its size
-
-
-def feed_shapes(feeds) -> str:
-    """``name[shape], ...`` of a batch of inputs, as reports name what was run."""
-    return ", ".join(f"{k}{list(np.asarray(v).shape)}" for k, v in feeds.items())
-
-
-@dataclasses.dataclass
-class Latency:
-    """Original and compiled model timed side by side (see sparc.benchmark)."""
-
-    original_ms: float
-    compiled_ms: float
-    ratio: float
-    threads: int | None
-    rounds: int
-    inputs: str
-
-    @property
-    def speedup(self) -> float:
-        return 1.0 / self.ratio
-
-
-@dataclasses.dataclass
-class TargetCheck:
-    """Outputs of the exported model on ``target`` against Python ONNX Runtime (and, for wasm,
-    its latency there beside the original's)."""
-
-    target: str
-    runtime: str
-    inputs: str
-    max_abs_diff: float
-    max_rel_diff: float
-    tolerance: float
-    latency: Latency | None = None
-
-    def to_markdown(self) -> str:
-        line = (f"{self.target} check ({self.runtime}; {self.inputs}): outputs match Python ONNX Runtime, "
-                f"max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g} "
-                f"(tolerance {self.tolerance:g})")
-        if self.latency is not None:
-            lat = self.latency
-            line += (f"; WebAssembly latency ({lat.threads} thread(s), {lat.rounds} interleaved rounds): "
-                     f"original {lat.original_ms:.2f} ms, compiled {lat.compiled_ms:.2f} ms, "
-                     f"ratio {lat.ratio:.3f} ({lat.speedup:.2f}x)")
-        elif self.target == "arm":
-            line += "; emulated, so not timed"
-        return line
+from sparc.passes.pipeline import PassEntry
 
 
 @dataclasses.dataclass

@@ -6,8 +6,8 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from sparc import datasets, zoo
 from sparc.capture import capture_torch
+from sparc.eval import datasets, zoo
 
 
 @pytest.fixture(scope="session")

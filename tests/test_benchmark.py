@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sparc.benchmark import compare
+from sparc.measure.latency import compare
 
 
 def test_interleaved_rounds_rotate_the_order():
@@ -21,7 +21,7 @@ def test_interleaved_rounds_rotate_the_order():
 
 
 def test_ratio_is_the_median_of_per_round_ratios(monkeypatch):
-    import sparc.benchmark as bench
+    import sparc.measure.latency as bench
 
     times = iter([1.0, 2.0, 3.0, 1.0, 1.0, 8.0])  # rounds: (a=1, b=2), (b=3, a=1), (a=1, b=8)
     monkeypatch.setattr(bench, "_time_once", lambda function, minimum: next(times))

@@ -8,9 +8,11 @@ import torch
 from tiny_models import MLP, seeded
 
 from sparc.analysis.linear import find_linear_layers
-from sparc.calibrate import ChannelStats, Gram, as_calibration, collect, holdout_size
 from sparc.capture import capture
+from sparc.data import as_calibration, holdout_size
 from sparc.errors import CalibrationError
+from sparc.measure.execute import collect
+from sparc.measure.reducers import ChannelStats, Gram
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def test_gram_and_channel_stats_stream_exactly(mlp):
 def test_batches_run_in_parts_when_exposed_values_exceed_the_budget(minilm, minilm_ir, monkeypatch):
     """With a tiny budget each sample runs alone; sums over rows (and the padding mask) agree
     with whole-batch runs, and peak activations no longer scale with the batch size."""
-    import sparc.calibrate as calibrate
+    import sparc.measure.execute as calibrate
 
     layer = find_linear_layers(minilm_ir.graph)[0]
     texts = ["short", "a somewhat longer sentence than the first", "three", "and a fourth one here"]

@@ -13,10 +13,10 @@ import torch
 from onnx import helper, numpy_helper
 from tiny_models import MLP, ResidualCNN, TinyGPT, seeded
 
-from sparc import zoo
-from sparc.backends.onnxruntime import OrtRunner
 from sparc.capture import capture, capture_torch, load_onnx
 from sparc.errors import UnsupportedModelError
+from sparc.eval import zoo
+from sparc.runtime import OrtRunner
 
 
 def _ort(model, feeds):

@@ -10,14 +10,14 @@ from tiny_models import MLP, ResidualCNN, seeded
 from torch import nn
 
 import sparc
-from sparc import datasets, zoo
 from sparc.analysis.channels import find_channel_groups
-from sparc.analysis.cost import observed_shapes
-from sparc.backends.onnxruntime import OrtRunner
 from sparc.capture import capture_torch
 from sparc.errors import RecipeError
+from sparc.eval import datasets, zoo
 from sparc.ir_utils import constant_array, copy_model, set_initializer
+from sparc.measure.cost import observed_shapes
 from sparc.passes import ChannelCrop
+from sparc.runtime import OrtRunner
 
 
 class ConcatNet(nn.Module):

@@ -82,8 +82,8 @@ def test_demo(tmp_path, capsys):
     import torch
 
     import sparc
-    from sparc import datasets, demo, quality, zoo
-    from sparc.backends.onnxruntime import OrtRunner
+    from sparc.eval import datasets, demo, quality, zoo
+    from sparc.runtime import OrtRunner
 
     code, stdout, _ = run_cli("demo", "--out", tmp_path / "demo", capsys=capsys)
     assert code == 0

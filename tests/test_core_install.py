@@ -8,13 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import onnx
 import pytest
+import tomllib
 
-from sparc.zoo import cache_dir
+from sparc.files import cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = """\

@@ -10,9 +10,10 @@ import torch
 from tiny_models import MLP, seeded
 
 import sparc.backends.onnxruntime as ort_backend
-from sparc.backends.onnxruntime import OrtRunner, export_onnx
+from sparc.backends.onnxruntime import export_onnx
 from sparc.capture import capture, load_onnx
 from sparc.errors import BackendError
+from sparc.runtime import OrtRunner
 
 
 @pytest.fixture()

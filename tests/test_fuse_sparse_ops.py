@@ -12,13 +12,13 @@ from tiny_models import seeded
 from torch import nn
 
 import sparc
-from sparc.backends.onnxruntime import OrtRunner
+from sparc.algorithms.sparsity import ANNOTATION_KEY
 from sparc.capture import capture_torch
 from sparc.cli import main
 from sparc.ir_utils import copy_model
 from sparc.ops import formats, has_sparc_ops, lower_to_standard, sparse_linear
 from sparc.passes import BlockSparsity, FuseSparseOps, NMSparsity, UnstructuredSparsity
-from sparc.sparsity import ANNOTATION_KEY
+from sparc.runtime import OrtRunner
 
 
 class Epilogues(nn.Module):

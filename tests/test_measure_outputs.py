@@ -9,14 +9,13 @@ import onnx
 import onnx_ir as ir
 import pytest
 import torch
+from tiny_models import seeded
 
 import sparc
-from sparc import zoo
 from sparc.errors import CalibrationError, PassError
+from sparc.eval import zoo
 from sparc.measure.outputs import OutputError, measure_for, measures_of
 from sparc.passes import NMSparsity
-
-from tiny_models import seeded
 
 
 def test_each_output_is_relative_to_its_own_scale():

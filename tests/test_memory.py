@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparc.memory import PeakMemory, rss_bytes
+from sparc.measure.memory import PeakMemory, rss_bytes
 
 
 def test_peak_memory_sees_a_short_lived_allocation():
@@ -36,7 +36,7 @@ def test_the_compile_report_states_each_pass_peak_memory(minilm_path, minilm_bat
 def test_sampling_measures_the_peak_where_the_kernel_mark_cannot_be_reset(monkeypatch, tmp_path):
     import time
 
-    from sparc import memory
+    from sparc.measure import memory
 
     monkeypatch.setattr(memory, "CLEAR_REFS", tmp_path / "missing" / "clear_refs")
     with PeakMemory() as peak:

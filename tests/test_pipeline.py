@@ -9,8 +9,8 @@ import torch
 from tiny_models import MLP, seeded
 
 import sparc
-from sparc.calibrate import CalibrationData
 from sparc.capture import capture
+from sparc.data import CalibrationData
 from sparc.errors import PassError
 from sparc.ir_utils import set_initializer
 from sparc.passes import FoldConstants, Pipeline, RemoveUnused

@@ -9,12 +9,12 @@ import torch
 from tiny_models import MLP, TinyGPT, seeded
 
 import sparc
-from sparc import zoo
 from sparc.analysis.transformer import find_transformer
-from sparc.backends.onnxruntime import OrtRunner
 from sparc.capture import capture_torch
 from sparc.errors import PassError, RecipeError, StructureError
+from sparc.eval import zoo
 from sparc.passes import SliceRowsColumns
+from sparc.runtime import OrtRunner
 
 
 def tiny_llama(tie=True):
@@ -258,8 +258,8 @@ def test_ffn_slicing_on_llama_silu_units(llama_ir):
 
 
 def test_ffn_slicing_on_minilm_keeps_quality(minilm, minilm_ir):
-    from sparc import datasets, quality
-    from sparc.quality import encoder
+    from sparc.eval import datasets, quality
+    from sparc.eval.quality import encoder
 
     calib = minilm.batches(datasets.lee_background()[:48], 8, seq=64)
     compiled = _compile(minilm_ir, [SliceRowsColumns(ratio=0.25, target="ffn")], calib)
@@ -282,7 +282,7 @@ def smollm2_path():
 def smollm2_text():
     from transformers import AutoTokenizer
 
-    from sparc import datasets, quality
+    from sparc.eval import datasets, quality
 
     tokenizer = AutoTokenizer.from_pretrained(zoo.smollm2_folder())
     calib = quality.token_windows(tokenizer, "\n\n".join(datasets.enwiki_articles()[:10]), window=128, count=6)
@@ -291,7 +291,7 @@ def smollm2_text():
 
 
 def test_smollm2_from_onnx_rotation_is_exact_and_slicing_keeps_it_usable(smollm2_path, smollm2_text):
-    from sparc import quality
+    from sparc.eval import quality
 
     calib, evaluation = smollm2_text
     exact = _compile(str(smollm2_path), [SliceRowsColumns(ratio=0.0, rotation="shared")], calib)

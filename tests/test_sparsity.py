@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 import sparc
-from sparc import sparsegpt
+from sparc.algorithms import sparsegpt
+from sparc.algorithms.sparsity import ANNOTATION_KEY, Pattern, annotation, select_mask, verify
 from sparc.analysis.linear import find_linear_layers
-from sparc.calibrate import as_calibration, exposing_runner
+from sparc.data import as_calibration
 from sparc.errors import PassError, RecipeError, SparcError
 from sparc.ir_utils import copy_model
+from sparc.measure.execute import exposing_runner
 from sparc.passes import BlockSparsity, NMSparsity, UnstructuredSparsity
-from sparc.sparsity import ANNOTATION_KEY, Pattern, annotation, select_mask, verify
 
 PATTERNS = [
     Pattern("nm", 0.5, 2, 4),

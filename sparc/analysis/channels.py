@@ -165,7 +165,7 @@ class ChannelGroup:
 def find_channel_groups(model: ir.Model, shapes: Shapes) -> list[ChannelGroup]:
     """Every group reached from the output channels of Conv, ConvTranspose and linear layers.
 
-    ``shapes`` holds concrete shapes of the graph's values (``sparc.analysis.cost
+    ``shapes`` holds concrete shapes of the graph's values (``sparc.measure.cost
     .observed_shapes``).
     """
     builder = _Builder(shapes)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import numpy as np
 import onnx_ir as ir
 
 from sparc.errors import BackendError
+from sparc.runtime import Executable, OrtRunner
 
 # onnxruntime runs here on every target; wasm and arm add a check of the export on that
 # target to the compile (sparc.backends.targets)
@@ -26,16 +24,6 @@ def check_backend(backend: str, target: str) -> None:
         raise BackendError(
             f"backend {backend!r} has no target {target!r}; its targets: {list(BACKENDS[backend])}"
         )
-
-
-class Executable:
-    """Something that runs feeds: ``run(feeds) -> {output name: array}``."""
-
-    input_names: list[str]
-    output_names: list[str]
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
 
 
 def prepare(
@@ -58,6 +46,4 @@ def prepare(
 
         options.pop("fallback", None)
         return TvmRunner(model, threads=threads, **options)
-    from sparc.backends.onnxruntime import OrtRunner
-
     return OrtRunner(model, threads=threads, **options)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from sparc.errors import BackendError
+from sparc.files import cache_dir
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("SPARC_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -51,8 +52,6 @@ CPU revision\t: 1
 
 
 def folder() -> Path:
-    from sparc.zoo import cache_dir
-
     return cache_dir() / "arm-rootfs"
 
 

@@ -1,114 +1,18 @@
-"""ONNX Runtime backend: sessions over the IR, running, and atomic ONNX export.
-
-Sessions are built from the serialized IR (through a temporary folder with external data
-when the model is over protobuf's 2 GB limit). Threads, execution providers and the graph
-optimization level are configurable; ``inter_op_num_threads`` is 1 so that a thread count
-means what it says.
-"""
+"""ONNX Runtime backend: the compiled model runs in a :class:`sparc.runtime.OrtRunner`;
+export writes standard ONNX atomically."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 
-from sparc.backends import Executable
 from sparc.errors import BackendError
 from sparc.ir_utils import PROTOBUF_LIMIT, check_model, weight_bytes
-
-OPTIMIZATION_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-
-
-def session_options(threads: int | None, optimization: str = "all") -> ort.SessionOptions:
-    """Session options with ``threads`` intra-op threads (None: ORT's default)."""
-    if optimization not in OPTIMIZATION_LEVELS:
-        raise BackendError(
-            f"unknown graph optimization level {optimization!r}; "
-            f"choose from {sorted(OPTIMIZATION_LEVELS)}"
-        )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
-    options.inter_op_num_threads = 1
-    if threads is not None:
-        if threads < 1:
-            raise BackendError(f"threads must be at least 1, got {threads}")
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 4  # failures surface as exceptions, not as log lines
-    return options
-
-
-class OrtRunner(Executable):
-    """An ONNX Runtime session over an IR model (or an ONNX file) that runs feed dicts."""
-
-    def __init__(
-        self,
-        model: ir.Model | str | os.PathLike,
-        *,
-        threads: int | None = None,
-        providers: Sequence[str] | None = None,
-        optimization: str = "all",
-        arena: bool = True,
-    ):
-        self.threads = threads
-        options = session_options(threads, optimization)
-        options.enable_cpu_mem_arena = arena
-        providers = list(providers or ["CPUExecutionProvider"])
-        unknown = [p for p in providers if p not in ort.get_available_providers()]
-        if unknown:
-            raise BackendError(
-                f"execution providers {unknown} are not available; this onnxruntime has "
-                f"{ort.get_available_providers()}"
-            )
-        try:
-            self.session = _make_session(model, options, providers)
-        except BackendError:
-            raise
-        except Exception as exc:
-            raise BackendError(f"ONNX Runtime cannot load the model: {_one_line(exc)}") from None
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; returns every graph output by name."""
-        try:
-            outputs = self.session.run(None, dict(feeds))
-        except Exception as exc:  # ORT raises Fail, RuntimeException, InvalidArgument, ...
-            raise BackendError(f"ONNX Runtime failed to run the model: {_one_line(exc)}") from None
-        return dict(zip(self.output_names, outputs))
-
-
-def _make_session(model, options, providers) -> ort.InferenceSession:
-    """A session over a file, or over the IR with ``ai.sparc`` ops lowered to standard ONNX."""
-    from sparc.capture.onnx import check_tensors
-    from sparc.ops import DOMAIN, has_sparc_ops, lower_to_standard
-
-    if isinstance(model, (str, os.PathLike)):
-        model = Path(model)
-        proto = onnx.load(str(model), load_external_data=False)
-        check_tensors(proto, str(model), model.parent)
-        if not any(op.domain == DOMAIN for op in proto.opset_import):
-            return ort.InferenceSession(str(model), options, providers=providers)
-        model = ir.load(model)
-    if has_sparc_ops(model):
-        model = lower_to_standard(model)
-    if weight_bytes(model) < PROTOBUF_LIMIT - 2**26:
-        data = ir.serde.serialize_model(model).SerializeToString()
-        return ort.InferenceSession(data, options, providers=providers)
-    with tempfile.TemporaryDirectory(prefix="sparc-ort-") as folder:
-        path = Path(folder) / "model.onnx"
-        ir.save(model, path, external_data="model.onnx.data")
-        return ort.InferenceSession(str(path), options, providers=providers)
+from sparc.runtime import one_line
 
 
 def export_onnx(model: ir.Model, path: str | os.PathLike) -> Path:
@@ -135,13 +39,8 @@ def export_onnx(model: ir.Model, path: str | os.PathLike) -> Path:
             ir.save(model, staged, external_data=data_name if external else None)
             onnx.checker.check_model(str(staged))
         except Exception as exc:
-            raise BackendError(f"{path}: export failed: {_one_line(exc)}") from None
+            raise BackendError(f"{path}: export failed: {one_line(exc)}") from None
         if external:
             os.replace(Path(staging) / data_name, folder / data_name)
         os.replace(staged, path)
     return path
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) < 400 else text[:400] + " ..."

@@ -5,7 +5,7 @@
 demo); nothing is downloaded at run time. ``run(models, feeds)`` runs one or more ONNX files on
 the same feeds in one Node.js process with an explicit WebAssembly thread count, returns each
 model's outputs and, with ``rounds``, their latencies timed side by side (interleaved, rotating
-order, see :mod:`sparc.benchmark`). Tensors cross as raw little-endian files.
+order, see :mod:`sparc.measure.latency`). Tensors cross as raw little-endian files.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sparc.benchmark import Comparison, from_samples
 from sparc.errors import BackendError
+from sparc.files import cache_dir
+from sparc.measure.latency import Comparison, from_samples
 
 WEB = Path(__file__).with_name("web")
 RUNNER = WEB / "runner.mjs"
@@ -40,8 +41,6 @@ class WebRun:
 
 
 def folder() -> Path:
-    from sparc.zoo import cache_dir
-
     return cache_dir() / "web"
 
 

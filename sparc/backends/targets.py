@@ -12,6 +12,7 @@ kernels differ in summation order), integer outputs must be identical.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,12 +20,45 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from sparc.backends import arm, ort_web
+from sparc.backends.onnxruntime import export_onnx
+from sparc.capture import load_onnx
+from sparc.data import feed_shapes
 from sparc.errors import BackendError
+from sparc.measure.latency import Latency
 from sparc.measure.outputs import TOLERANCES, OutputError, measures_of
-from sparc.report import Latency, TargetCheck, feed_shapes
+from sparc.ops import has_sparc_ops, lower_to_standard
+from sparc.runtime import OrtRunner
 
 CHECKED_TARGETS = ("wasm", "arm")
 TOLERANCE = TOLERANCES["target"]
+
+
+@dataclasses.dataclass
+class TargetCheck:
+    """Outputs of the exported model on ``target`` against Python ONNX Runtime (and, for wasm,
+    its latency there beside the original's)."""
+
+    target: str
+    runtime: str
+    inputs: str
+    max_abs_diff: float
+    max_rel_diff: float
+    tolerance: float
+    latency: Latency | None = None
+
+    def to_markdown(self) -> str:
+        line = (f"{self.target} check ({self.runtime}; {self.inputs}): outputs match Python ONNX Runtime, "
+                f"max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g} "
+                f"(tolerance {self.tolerance:g})")
+        if self.latency is not None:
+            lat = self.latency
+            line += (f"; WebAssembly latency ({lat.threads} thread(s), {lat.rounds} interleaved rounds): "
+                     f"original {lat.original_ms:.2f} ms, compiled {lat.compiled_ms:.2f} ms, "
+                     f"ratio {lat.ratio:.3f} ({lat.speedup:.2f}x)")
+        elif self.target == "arm":
+            line += "; emulated, so not timed"
+        return line
 
 
 def verify(model: str | Path, target: str, feeds: Mapping[str, np.ndarray], *,
@@ -34,9 +68,6 @@ def verify(model: str | Path, target: str, feeds: Mapping[str, np.ndarray], *,
     Raises :class:`BackendError` when the outputs differ beyond ``TOLERANCE``. For ``wasm``
     with ``baseline`` (the original model) and ``rounds`` > 0, both are timed side by side.
     """
-    from sparc.backends.onnxruntime import OrtRunner
-    from sparc.capture import load_onnx
-
     if target not in CHECKED_TARGETS:
         raise BackendError(f"target {target!r} has nothing to verify; choose from {list(CHECKED_TARGETS)}")
     feeds = {k: np.asarray(v) for k, v in feeds.items()}
@@ -44,8 +75,6 @@ def verify(model: str | Path, target: str, feeds: Mapping[str, np.ndarray], *,
     expected = OrtRunner(loaded, threads=threads).run(feeds)
     latency = None
     if target == "wasm":
-        from sparc.backends import ort_web
-
         models = {"compiled": model} if baseline is None else {"original": baseline, "compiled": model}
         result = ort_web.run(models, feeds, threads=threads, rounds=rounds if baseline is not None else 0)
         got = result.outputs["compiled"]
@@ -55,8 +84,6 @@ def verify(model: str | Path, target: str, feeds: Mapping[str, np.ndarray], *,
             latency = Latency(original.median_ms, compiled.median_ms, result.timing.ratios["compiled"],
                               threads, rounds, feed_shapes(feeds))
     else:
-        from sparc.backends import arm
-
         outputs, versions = arm.run({"compiled": model}, feeds)
         got = outputs["compiled"]
         runtime = (f"onnxruntime {versions['onnxruntime']} {versions['machine']} wheel, Python "
@@ -72,9 +99,6 @@ def verify(model: str | Path, target: str, feeds: Mapping[str, np.ndarray], *,
 def verify_models(model: ir.Model, original: ir.Model | None, target: str, feeds, *, threads: int = 1,
                   rounds: int = 10) -> TargetCheck:
     """:func:`verify` for in-memory models: exported (standard ONNX) to a scratch folder first."""
-    from sparc.backends.onnxruntime import export_onnx
-    from sparc.ops import has_sparc_ops, lower_to_standard
-
     with tempfile.TemporaryDirectory(prefix="sparc-target-") as scratch:
         folder = Path(scratch)
         standard = lower_to_standard(model) if has_sparc_ops(model) else model

@@ -5,14 +5,14 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from sparc.analysis.cost import MAC_RULES
 from sparc.capture.onnx import default_opset
 from sparc.ir_utils import copy_model
+from sparc.measure.cost import MAC_RULES
 from sparc.ops import sparse_linear
 from sparc.ops.sparse_linear import DOMAIN
+from sparc.runtime import register_lowering
 
 DOMAIN_VERSION = 1
-MAC_RULES[(DOMAIN, sparse_linear.OP)] = sparse_linear.macs
 
 
 def has_sparc_ops(model: ir.Model) -> bool:
@@ -29,5 +29,8 @@ def lower_to_standard(model: ir.Model) -> ir.Model:
     RemoveUnusedNodesPass()(lowered)
     return lowered
 
+
+MAC_RULES[(DOMAIN, sparse_linear.OP)] = sparse_linear.macs
+register_lowering(DOMAIN, lower_to_standard)
 
 __all__ = ["DOMAIN", "DOMAIN_VERSION", "has_sparc_ops", "lower_to_standard", "sparse_linear"]

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import onnx_ir as ir
 
-from sparc.calibrate import CalibrationData
+from sparc.data import CalibrationData
 from sparc.errors import RecipeError
 
 PASSES: dict[str, type[SparcPass]] = {}

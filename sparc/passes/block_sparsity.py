@@ -6,10 +6,10 @@ unmatched selected layers use ``default_density``). See ``sparc.passes.sparsity_
 
 from __future__ import annotations
 
+from sparc.algorithms.sparsity import Pattern
 from sparc.errors import RecipeError
 from sparc.passes.base import integer, register
 from sparc.passes.sparsity_base import SparsityPass, densities, density_for
-from sparc.sparsity import Pattern
 
 
 @register

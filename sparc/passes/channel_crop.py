@@ -35,11 +35,14 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from sparc.analysis.channels import ChannelGroup, Member, Space, find_channel_groups
-from sparc.analysis.cost import observed_shapes
-from sparc.calibrate import CalibrationData, ChannelStats, Gram, collect, run_batches, synthetic_feeds
+from sparc.analysis.linear import find_linear_layers
+from sparc.data import CalibrationData, synthetic_feeds
 from sparc.errors import RecipeError
 from sparc.ir_utils import constant_array, copy_model
+from sparc.measure.cost import observed_shapes
+from sparc.measure.execute import collect, run_batches
 from sparc.measure.outputs import OutputError
+from sparc.measure.reducers import ChannelStats, Gram
 from sparc.passes import edit
 from sparc.passes.base import SparcPass, choice, integer, number, patterns, register
 
@@ -446,8 +449,6 @@ def _new_bias(graph, node: ir.Node, delta: np.ndarray) -> None:
 
 
 def _layer(graph, node: ir.Node):
-    from sparc.analysis.linear import find_linear_layers
-
     return next(layer for layer in find_linear_layers(graph) if layer.node is node)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from sparc.analysis.linear import LinearLayer
-from sparc.ir_utils import contiguous, add_initializer, set_initializer
+from sparc.ir_utils import add_initializer, constant_array, contiguous, set_initializer
 
 
 def only_reader(value: ir.Value, node: ir.Node) -> bool:
@@ -52,8 +52,6 @@ def set_weight(graph: ir.Graph, layer: LinearLayer, weight_kn: np.ndarray) -> No
 
 def bias_of(layer: LinearLayer) -> np.ndarray | None:
     """The layer's bias as an array, or None."""
-    from sparc.ir_utils import constant_array
-
     return constant_array(layer.bias) if layer.bias is not None else None
 
 

@@ -1,7 +1,7 @@
 """FuseSparseOps: an annotated linear layer and its epilogue become one ``ai.sparc::SparseLinear``.
 
 Cases:
-1. A MatMul or Gemm (plain or transposed weight) carrying a ``sparc.sparsity`` annotation whose
+1. A MatMul or Gemm (plain or transposed weight) carrying a ``sparc.algorithms.sparsity`` annotation whose
    pattern its weight really satisfies (layers where it does not are reported, not fused).
 2. Its bias: Gemm's C, or the following ``Add`` of a constant vector (``sparc.analysis.linear``).
 3. An activation reading the (biased) output when it is that value's only reader: Relu,
@@ -21,12 +21,12 @@ import collections
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from sparc.algorithms.sparsity import annotation, verify
 from sparc.analysis.linear import LinearLayer, find_linear_layers
 from sparc.ir_utils import add_initializer
 from sparc.ops import DOMAIN, DOMAIN_VERSION, formats
 from sparc.ops import sparse_linear as op
 from sparc.passes.base import SparcPass, register
-from sparc.sparsity import annotation, verify
 
 SIMPLE_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
 

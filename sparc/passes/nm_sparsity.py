@@ -5,10 +5,10 @@ See ``sparc.passes.sparsity_base`` for layer selection and the methods; any n < 
 
 from __future__ import annotations
 
+from sparc.algorithms.sparsity import Pattern
 from sparc.errors import RecipeError
 from sparc.passes.base import integer, register
 from sparc.passes.sparsity_base import SparsityPass
-from sparc.sparsity import Pattern
 
 
 @register

@@ -21,20 +21,37 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from sparc.analysis.cost import model_stats
-from sparc.calibrate import CalibrationData, calibration_seconds, run_batches
+from sparc.data import CalibrationData
 from sparc.errors import CalibrationError, PassError, SparcError
 from sparc.ir_utils import check_model
-from sparc.memory import PeakMemory
-from sparc.passes.base import SparcPass
+from sparc.measure.cost import ModelStats, model_stats
+from sparc.measure.execute import calibration_seconds, run_batches
+from sparc.measure.memory import PeakMemory
 from sparc.measure.outputs import TOLERANCES, OutputError, measures_of
-from sparc.report import PassEntry
+from sparc.passes.base import SparcPass
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PassEntry:
+    """One pass of the pipeline and the model right after it."""
+
+    name: str
+    options: dict[str, Any]
+    modified: bool
+    seconds: float
+    stats: ModelStats
+    error: OutputError | None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    peak_rss: int | None = None  # bytes, the whole process, while the pass ran
+    calibration_seconds: float = 0.0  # of ``seconds``: running the model on calibration data
+    verify_seconds: float = 0.0  # after the pass: checking its outputs and measuring its size
 
 
 @dataclasses.dataclass

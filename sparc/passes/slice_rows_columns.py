@@ -40,9 +40,10 @@ from sparc.analysis.ffn import FFNUnit, find_ffn_units
 from sparc.analysis.linear import LinearLayer
 from sparc.analysis.norms import Norm
 from sparc.analysis.transformer import TransformerStructure, find_transformer
-from sparc.calibrate import ChannelStats, Gram, collect, token_mask
 from sparc.errors import RecipeError, StructureError
 from sparc.ir_utils import constant_array
+from sparc.measure.execute import collect
+from sparc.measure.reducers import ChannelStats, Gram, token_mask
 from sparc.passes import edit
 from sparc.passes.base import SparcPass, choice, integer, number, register
 

@@ -7,10 +7,10 @@ Cases:
 2. ``method="magnitude"``: keep the largest |W|.
    ``method="wanda"``: keep the largest |W|·‖X_in‖₂ (per input feature, from calibration),
    compared within each output row for unstructured sparsity (as in the paper).
-   ``method="sparsegpt"``: OBS reconstruction with H = XᵀX (``sparc.sparsegpt``); the damping
+   ``method="sparsegpt"``: OBS reconstruction with H = XᵀX (``sparc.algorithms.sparsegpt``); the damping
    it needed is reported.
 3. The mask is applied to the weight, and the node records the pattern in its
-   ``sparc.sparsity`` annotation. Weights shared with other layers are copied first.
+   ``sparc.algorithms.sparsity`` annotation. Weights shared with other layers are copied first.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import fnmatch
 import numpy as np
 import onnx_ir as ir
 
-from sparc import sparsegpt
+from sparc.algorithms import sparsegpt
+from sparc.algorithms.sparsity import Pattern, annotate, select_mask
 from sparc.analysis.linear import LinearLayer, find_linear_layers
-from sparc.calibrate import ChannelStats, Gram, collect, token_mask
 from sparc.errors import CalibrationError, StructureError
+from sparc.measure.execute import collect
+from sparc.measure.reducers import ChannelStats, Gram, token_mask
 from sparc.passes import edit
 from sparc.passes.base import SparcPass, choice, integer, number, patterns
-from sparc.sparsity import Pattern, annotate, select_mask
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 

@@ -6,7 +6,7 @@ tokens in the sequence:
    k = (p·n + q − 1) div q).
 2. A score per token: ``norm`` ‖hᵢ‖₂; ``attention`` the attention token i received in block
    b−1 (Σ over heads and queries; PoWER-BERT's significance); ``learned`` an MLP
-   (``sparc.router_mlp``) over four per-token features: relative position i/n, log ‖hᵢ‖ and
+   (``sparc.algorithms.router_mlp``) over four per-token features: relative position i/n, log ‖hᵢ‖ and
    log of the attention received in block b−1 (both centred over the row's valid tokens),
    and log ‖hᵢ − hᵢ⁽ᵇ⁻¹⁾‖/‖hᵢ‖, block b−1's relative update (a token block b−1 skipped received
    no attention and no update there, and its features say so). The MLP is fitted on
@@ -38,7 +38,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from sparc import router_mlp
+from sparc.algorithms import router_mlp
 from sparc.analysis.blocks import Block, find_blocks, nodes_between
 from sparc.analysis.sequence import (
     ADDITIVE_MASK_FLOOR,
@@ -47,9 +47,9 @@ from sparc.analysis.sequence import (
     input_sequence_axes,
     truncated,
 )
-from sparc.calibrate import exposing_runner
 from sparc.errors import RecipeError, StructureError
 from sparc.ir_utils import add_initializer
+from sparc.measure.execute import exposing_runner
 from sparc.passes.base import SparcPass, choice, integer, number, register
 
 logger = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ unmatched selected layers use ``default_density``). See ``sparc.passes.sparsity_
 
 from __future__ import annotations
 
+from sparc.algorithms.sparsity import Pattern
 from sparc.passes.base import register
 from sparc.passes.sparsity_base import SparsityPass, densities, density_for
-from sparc.sparsity import Pattern
 
 
 @register

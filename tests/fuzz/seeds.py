@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sparc import datasets, zoo
+from sparc.eval import datasets, zoo
+from sparc.files import cache_dir
 
 VOCAB = 4096
 LAYERS = 2
@@ -34,7 +35,7 @@ def seed_names() -> list[str]:
 
 def seed_files(name: str) -> tuple[Path, Path]:
     """(model.onnx, calibration.npz) of seed ``name``, built once and cached."""
-    folder = zoo.cache_dir() / "fuzz-seeds" / f"v{VERSION}"
+    folder = cache_dir() / "fuzz-seeds" / f"v{VERSION}"
     model, calib = folder / f"{name}.onnx", folder / f"{name}.npz"
     if not (model.is_file() and calib.is_file()):
         folder.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ under (kernel version, target, threads, shape, rows, activation, layout, stored 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import tvm
 
 from sparc.backends.tvm.kernels import VERSION, Layout, linear_kernel, pack
-from sparc.files import write_atomic
+from sparc.files import cache_dir, write_atomic
 
 BLOCK_ROWS = (16, 8, 4)
 MAX_BLOCK_DENSITY = 0.7
@@ -133,7 +132,7 @@ def _cache_key(weight_nk, rows, activation, layout, target, threads) -> str:
 
 
 def _cache_path() -> Path:
-    return Path(os.environ.get("SPARC_CACHE", Path.home() / ".cache" / "sparc")) / "tvm-layouts.json"
+    return cache_dir() / "tvm-layouts.json"
 
 
 def _load_cache() -> dict:

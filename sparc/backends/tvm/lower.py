@@ -32,6 +32,7 @@ from sparc.backends.tvm import kernels, schedules
 from sparc.backends.tvm.choose import Choice, choose_layout
 from sparc.errors import BackendError
 from sparc.ir_utils import copy_model
+from sparc.ops import has_sparc_ops, lower_to_standard
 
 EPILOGUES = {"relax.nn.gelu": "gelu", "relax.nn.relu": "relu", "relax.sigmoid": "sigmoid", "relax.tanh": "tanh"}
 
@@ -66,8 +67,6 @@ def compile_model(model: ir.Model, shapes: dict[str, tuple[int, ...]], target, *
 
 
 def _specialized_onnx(model: ir.Model, shapes):
-    from sparc.ops import has_sparc_ops, lower_to_standard
-
     model = lower_to_standard(model) if has_sparc_ops(model) else copy_model(model)
     dtypes = {}
     for value in model.graph.inputs:

@@ -1,6 +1,6 @@
 """What ``sparc inspect`` shows: op histogram, size, MACs, per-layer density and pattern.
 
-A layer carrying a ``sparc.sparsity`` annotation (or an ``ai.sparc::SparseLinear`` node,
+A layer carrying a ``sparc.algorithms.sparsity`` annotation (or an ``ai.sparc::SparseLinear`` node,
 whose weight is decompressed) shows its claimed pattern and whether the weight satisfies it.
 """
 
@@ -12,11 +12,11 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from sparc.analysis.cost import ModelStats, model_stats
+from sparc.algorithms.sparsity import annotation, verify
 from sparc.analysis.linear import NAME_SCOPES_KEY, layer_name
-from sparc.calibrate import synthetic_feeds
+from sparc.data import synthetic_feeds
+from sparc.measure.cost import ModelStats, model_stats
 from sparc.ops import sparse_linear
-from sparc.sparsity import annotation, verify
 
 
 @dataclasses.dataclass

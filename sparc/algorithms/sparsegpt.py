@@ -20,8 +20,8 @@ import dataclasses
 import numpy as np
 import scipy.linalg
 
+from sparc.algorithms.sparsity import Pattern, expand_tiles, select_mask, tile_sums
 from sparc.errors import SparcError
-from sparc.sparsity import Pattern, expand_tiles, select_mask, tile_sums
 
 MAX_DAMPING_STEPS = 12
 

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sparc import datasets, zoo
-from sparc.backends.onnxruntime import OrtRunner
 from sparc.capture import capture
 from sparc.compiler import CompiledModel, compile
+from sparc.eval import datasets, zoo
+from sparc.eval.quality import encoder, lee_correlation_of
 from sparc.files import write_atomic
-from sparc.passes import ChannelCrop, SliceRowsColumns
-from sparc.quality import encoder, lee_correlation_of
+from sparc.passes import ChannelCrop
+from sparc.runtime import OrtRunner
 
 logger = logging.getLogger(__name__)
 

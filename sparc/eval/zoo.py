@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sparc.datasets import package_folder
+from sparc.capture import capture_torch
 from sparc.errors import SparcError
+from sparc.eval.datasets import package_folder
+from sparc.files import cache_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -88,13 +90,6 @@ def minilm() -> ZooModel:
 
     axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
     return ZooModel("all-MiniLM-L6-v2", SentenceEncoder().eval(), axes, make_inputs, tokenizer)
-
-
-def cache_dir() -> Path:
-    """Where sparc keeps converted models: ``$SPARC_CACHE``, else ``~/.cache/sparc``."""
-    root = Path(os.environ.get("SPARC_CACHE", Path.home() / ".cache" / "sparc"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def smollm2_folder() -> Path:
@@ -173,7 +168,6 @@ def smollm2_onnx() -> Path:
         return path
     import onnx_ir as ir
 
-    from sparc.capture import capture_torch
 
     model = smollm2()
     example = torch_inputs({"input_ids": np.ones((1, 16), np.int64), "attention_mask": np.ones((1, 16), np.int64)})

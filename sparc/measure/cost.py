@@ -21,6 +21,9 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import _c_api_utils
 
+from sparc.data import CalibrationData
+from sparc.measure.execute import collect
+
 Shapes = Mapping[str, tuple[int, ...]]
 Feeds = Mapping[str, np.ndarray]
 MacRule = Callable[[ir.Node, Shapes], "int | None"]
@@ -104,7 +107,6 @@ def observed_shapes(model: ir.Model, nodes, feeds: Feeds) -> dict[str, tuple[int
     (ONNX shape inference loses dynamic dims through the Expand/Reshape chains exporters
     emit, so it is not relied on).
     """
-    from sparc.calibrate import CalibrationData, collect
 
     bindings = _symbol_bindings(model, feeds)
     shapes: dict[str, tuple[int, ...]] = {}

@@ -129,3 +129,19 @@ def _time_once(function: Callable[[], object], min_seconds: float) -> float:
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
             return elapsed / calls
+
+
+@dataclasses.dataclass
+class Latency:
+    """Original and compiled model timed side by side (see sparc.measure.latency)."""
+
+    original_ms: float
+    compiled_ms: float
+    ratio: float
+    threads: int | None
+    rounds: int
+    inputs: str
+
+    @property
+    def speedup(self) -> float:
+        return 1.0 / self.ratio

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sparc import datasets
+from sparc.eval import datasets
 
 Run = Callable[[dict], np.ndarray]
 
