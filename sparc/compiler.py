@@ -14,6 +14,7 @@ import onnx_ir as ir
 from sparc import backends
 from sparc.backends.onnxruntime import export_onnx
 from sparc.backends.targets import CHECKED_TARGETS, verify_models
+from sparc.backends.tvm import TARGETS, TvmBuild, export_library
 from sparc.capture import capture, load_onnx
 from sparc.capture.torch import is_torch_module
 from sparc.data import CalibrationData, as_calibration, check_feeds, feed_shapes, holdout_size
@@ -98,8 +99,6 @@ class CompiledModel:
         """Compile the model with TVM for input ``shapes`` and write a shared library
         (``target`` ``cpu`` for this machine, ``aarch64`` cross-compiled), run by
         ``sparc.backends.tvm.load_library`` on a machine of that kind."""
-        from sparc.backends.tvm import TARGETS, export_library
-
         if target not in TARGETS:
             raise BackendError(f"unknown library target {target!r}; choose from {list(TARGETS)}")
         return export_library(self.model, path, {k: tuple(v) for k, v in shapes.items()}, target=target,
@@ -222,21 +221,19 @@ def _tvm_checked(runner, model, original, feeds, report, threads, rounds, option
 
     start = time.perf_counter()
     runner.prepare({k: np.asarray(v).shape for k, v in feeds.items()})
-    report.notes.append(f"TVM compile for {feed_shapes(feeds)}: {time.perf_counter() - start:.1f} s")
-    report.notes += [f"TVM layout {line}" for line in runner.layout_summary()]
-    report.notes.append(f"TVM functions left unscheduled (serial): {', '.join(runner.unscheduled) or 'none'}")
+    report.tvm = build = TvmBuild(feed_shapes(feeds), time.perf_counter() - start, list(runner.choices),
+                                  list(runner.unscheduled))
     reference = OrtRunner(model, threads=threads).run(feeds)
-    agreement = OutputError.of_runs(runner.run(feeds), reference, measures)
-    report.notes.append(f"TVM vs ONNX Runtime outputs: max relative error {agreement.max_rel:.2e} "
-                        f"({agreement.fidelity()})")
-    if agreement.exceeding(TOLERANCES["backend"]):
-        raise BackendError(f"the TVM build disagrees with ONNX Runtime: {agreement.violations(TOLERANCES['backend'])}")
+    build.agreement = OutputError.of_runs(runner.run(feeds), reference, measures)
+    if build.agreement.exceeding(TOLERANCES["backend"]):
+        raise BackendError("the TVM build disagrees with ONNX Runtime: "
+                           f"{build.agreement.violations(TOLERANCES['backend'])}")
     if rounds <= 0:
         return runner
     feeds = timed or feeds
     report.latency = _latency(original, runner, feeds, threads, rounds)
     if report.latency.ratio > FALLBACK_RATIO and options.get("fallback", True):
-        report.notes.append(
+        build.fallback = (
             f"TVM was slower than the original in ONNX Runtime (ratio {report.latency.ratio:.2f}): "
             "the compiled model runs in ONNX Runtime instead (backend option fallback=False keeps TVM)"
         )

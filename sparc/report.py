@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from sparc.backends.targets import TargetCheck
+from sparc.backends.tvm import TvmBuild
 from sparc.measure.cost import ModelStats
 from sparc.measure.latency import Latency
 from sparc.measure.outputs import OutputError
@@ -33,6 +34,7 @@ class Report:
     validation: str
     latency: Latency | None = None
     target_check: TargetCheck | None = None
+    tvm: TvmBuild | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -89,8 +91,9 @@ class Report:
             lines += ["", "## Pass details", ""]
             for name, detail in details:
                 lines.append(f"- **{name}**: {_inline(detail)}")
-        if self.notes:
-            lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
+        notes = (self.tvm.to_markdown() if self.tvm else []) + self.notes
+        if notes:
+            lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
         return "\n".join(lines) + "\n"
 
     def __str__(self) -> str:

@@ -97,3 +97,13 @@ def test_function_level_imports_only_load_optional_dependencies():
     lazy = [(m, t) for m, p in MODULES.items() for t, inside in _imports(p)
             if inside and not any(fnmatch.fnmatchcase(t, pattern) for pattern in LAZY_ALLOWED)]
     assert not lazy, f"function-level imports of core modules: {lazy}"
+
+
+def test_the_private_dependency_apis_sparc_relies_on_still_exist():
+    """pyproject bounds onnx-ir and onnxscript because of these; an upgrade that drops one
+    fails here by name rather than deep inside a pass."""
+    from onnx_ir.passes.common import _c_api_utils
+    from onnxscript.rewriter.rules.fusion import _layer_norm, _rms_normalization
+
+    assert callable(_c_api_utils.call_onnx_api) and _c_api_utils._BIG_TENSOR_SIZE_LIMIT > 0
+    assert _layer_norm._layer_norm_rule is not None and _rms_normalization.rms_normalization_rules

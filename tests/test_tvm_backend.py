@@ -127,10 +127,11 @@ def test_minilm_through_tvm_matches_onnx_runtime(minilm_ir, minilm_batches):
     feeds = {k: v[:2, :32] for k, v in minilm_batches[0].items()}
     compiled = sparc.compile(minilm_ir, calibration=[feeds, feeds], backend="tvm",
                              recipe=[BlockSparsity(block=(16, 1), density=0.3)], threads=1, latency_rounds=0)
-    notes = "\n".join(compiled.report.notes)
-    assert "TVM vs ONNX Runtime outputs" in notes and notes.count("TVM layout") == 36
+    build = compiled.report.tvm
+    assert build.agreement.max_rel < 1e-3 and len(build.layouts) == 36
+    assert "TVM vs ONNX Runtime outputs" in compiled.report.to_markdown()
     ours = compiled.run(feeds)
-    theirs = sparc.backends.onnxruntime.OrtRunner(compiled.model).run(feeds)
+    theirs = sparc.runtime.OrtRunner(compiled.model).run(feeds)
     for name, value in theirs.items():
         np.testing.assert_allclose(ours[name], value, rtol=1e-4, atol=1e-5)
 
@@ -141,7 +142,7 @@ def test_dynamic_batch_compiles_per_shape(mlp_model):
     for batch in (1, 3):
         feeds = {"x": x[:batch]}
         np.testing.assert_allclose(compiled.run(feeds)[compiled.output_names[0]],
-                                   sparc.backends.onnxruntime.OrtRunner(model).run(feeds)[compiled.output_names[0]],
+                                   sparc.runtime.OrtRunner(model).run(feeds)[compiled.output_names[0]],
                                    rtol=1e-5, atol=1e-6)
     assert len(compiled._runner.compiled) == 3  # the example shape and the two new ones
 
@@ -151,7 +152,7 @@ def test_slower_tvm_falls_back_to_onnx_runtime(mlp_model, monkeypatch):
     monkeypatch.setattr(compiler, "FALLBACK_RATIO", -1.0)  # any measured ratio counts as slower
     compiled = sparc.compile(model, example_inputs=(x,), backend="tvm", latency_rounds=3)
     assert compiled.report.backend == "onnxruntime (fallback from tvm)"
-    assert any("runs in ONNX Runtime instead" in n for n in compiled.report.notes)
+    assert "runs in ONNX Runtime instead" in compiled.report.tvm.fallback
     kept = sparc.compile(model, example_inputs=(x,), backend="tvm", latency_rounds=3,
                          backend_options={"fallback": False})
     assert kept.report.backend == "tvm"
@@ -203,7 +204,7 @@ def test_an_activation_is_not_fused_when_its_input_has_other_readers():
     x = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
     compiled = sparc.compile(seeded(SharedPreActivation), example_inputs=(torch.from_numpy(x),), backend="tvm",
                              latency_rounds=0)
-    layouts = [n for n in compiled.report.notes if n.startswith("TVM layout")]
+    layouts = compiled.report.tvm.layouts
     assert len(layouts) == 2  # one kernel per linear layer: fc is not computed twice
     np.testing.assert_allclose(compiled(x), seeded(SharedPreActivation)(torch.from_numpy(x)).detach().numpy(),
                                rtol=1e-5, atol=1e-6)
@@ -224,6 +225,6 @@ class SwiGLU(torch.nn.Module):
 def test_silu_written_as_x_times_sigmoid_is_fused():
     x = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
     compiled = sparc.compile(seeded(SwiGLU), example_inputs=(torch.from_numpy(x),), backend="tvm", latency_rounds=0)
-    layouts = [n for n in compiled.report.notes if n.startswith("TVM layout")]
+    layouts = [choice.summary() for choice in compiled.report.tvm.layouts]
     assert len(layouts) == 3 and sum("+ silu" in n for n in layouts) == 1
     np.testing.assert_allclose(compiled(x), seeded(SwiGLU)(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)

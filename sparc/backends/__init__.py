@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from sparc.backends.tvm import TvmRunner
 from sparc.errors import BackendError
 from sparc.runtime import Executable, OrtRunner
 
@@ -42,8 +43,6 @@ def prepare(
             f"backend {backend!r} has no option(s) {unknown}; it accepts {list(BACKEND_OPTIONS[backend])}"
         )
     if backend == "tvm":
-        from sparc.backends.tvm import TvmRunner
-
         options.pop("fallback", None)
         return TvmRunner(model, threads=threads, **options)
     return OrtRunner(model, threads=threads, **options)

@@ -9,20 +9,48 @@ outputs; :func:`load_library` runs one on this machine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from sparc.backends import Executable
 from sparc.errors import BackendError
+from sparc.measure.outputs import OutputError
+from sparc.runtime import Executable
 
 TARGETS = ("cpu", "aarch64")
 AARCH64_COMPILER = "aarch64-linux-gnu-gcc"
+
+
+@dataclasses.dataclass
+class TvmBuild:
+    """What the TVM backend did in a compile: the build for the validation shapes, the
+    layout kept for each linear layer (``sparc.backends.tvm.choose.Choice``), functions left
+    unscheduled, its outputs against ONNX Runtime's, and why it fell back, if it did."""
+
+    inputs: str
+    compile_seconds: float
+    layouts: list[Any]
+    unscheduled: list[str]
+    agreement: OutputError | None = None
+    fallback: str | None = None
+
+    def to_markdown(self) -> list[str]:
+        lines = [f"TVM compile for {self.inputs}: {self.compile_seconds:.1f} s"]
+        lines += [f"TVM layout {choice.summary()}" for choice in self.layouts]
+        lines.append(f"TVM functions left unscheduled (serial): {', '.join(self.unscheduled) or 'none'}")
+        if self.agreement is not None:
+            lines.append(f"TVM vs ONNX Runtime outputs: max relative error {self.agreement.max_rel:.2e} "
+                         f"({self.agreement.fidelity()})")
+        if self.fallback is not None:
+            lines.append(self.fallback)
+        return lines
 
 
 def make_target(target: str, threads: int | None):
@@ -91,9 +119,6 @@ class TvmRunner(Executable):
         """Compile for ``shapes`` now (instead of at the first run of that shape)."""
         self._machine(shapes)
 
-    def layout_summary(self) -> list[str]:
-        """One line per linear layer of the last compile: layout kept and candidate timings."""
-        return [choice.summary() for choice in self.choices]
 
 
 def export_library(model: ir.Model, path: str | os.PathLike, shapes: dict[str, tuple[int, ...]], *,
