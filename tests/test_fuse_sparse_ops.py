@@ -1,4 +1,4 @@
-"""FuseSparseOps, the ai.sparc SparseLinear op (formats, numpy reference, lowering) and export."""
+"""FuseSparseOps: annotated layers and their epilogues fused into ai.sparc SparseLinear, run and exported."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sparc.algorithms.sparsity import ANNOTATION_KEY
 from sparc.capture import capture_torch
 from sparc.cli import main
 from sparc.ir_utils import copy_model
-from sparc.ops import formats, has_sparc_ops, lower_to_standard, sparse_linear
+from sparc.ops import has_sparc_ops, lower_to_standard, sparse_linear
 from sparc.passes import BlockSparsity, FuseSparseOps, NMSparsity, UnstructuredSparsity
 from sparc.runtime import OrtRunner
 
@@ -128,30 +128,6 @@ def test_layers_whose_compressed_weight_is_not_smaller_are_left_dense():
     fuse(model)
     assert fuse.details["fused"] == 0 and len(fuse.details["refused"]) == 5
     assert "is not smaller than dense" in fuse.details["refused"][0]
-
-
-def test_compressed_indices_use_the_narrowest_type():
-    weight = np.eye(8, 70_000, dtype=np.float32)
-    assert formats.compress_csr(weight)["indices"].dtype == np.int32
-    assert formats.compress_csr(weight[:, :300])["indices"].dtype == np.uint16
-    assert formats.compress_bsr(weight[:, :300], (4, 1))["indptr"].dtype == np.uint16
-
-
-@pytest.mark.parametrize("shape", [(16, 32), (20, 30)])
-def test_formats_round_trip(shape):
-    rng = np.random.default_rng(2)
-    weight = rng.normal(size=shape).astype(np.float32)
-    nm = np.where(np.argsort(rng.random(weight.shape).reshape(shape[0], -1, 2), axis=2) < 1, 1, 0).reshape(shape)
-    for fmt, sparse, extra in [
-        ("csr", weight * (rng.random(shape) < 0.2), {}),
-        ("bsr", weight * np.repeat(rng.random((shape[0] // 4 + 1, shape[1])) < 0.3, 4, axis=0)[: shape[0]],
-         {"blocksize": (4, 1)}),
-        ("nm", weight * nm, {"n": 1, "m": 2}),
-    ]:
-        tensors = sparse_linear.compress(sparse, fmt, **extra)
-        np.testing.assert_array_equal(sparse_linear.dense_weight(fmt, shape, tensors, **extra), sparse)
-    with pytest.raises(sparc.SparcError, match="not 1:4"):
-        formats.compress_nm(weight, 1, 4)
 
 
 def test_minilm_standard_export_equals_the_annotated_model(minilm_ir, minilm_batches, tmp_path):

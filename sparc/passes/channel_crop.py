@@ -255,6 +255,3 @@ def _norms(array: np.ndarray, axis: int, kind: str) -> np.ndarray:
 def _describe_blocked(group: ChannelGroup) -> str:
     owner = ", ".join(group.producers[:2]) or f"group {group.index}"
     return f"{owner}: {group.blocked[0]}"
-
-
-# -- cutting -------------------------------------------------------------------------------
