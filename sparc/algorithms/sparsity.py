@@ -5,7 +5,7 @@ Weights are seen as W[out, in] (rows are output features, columns input features
 - ``block``: W is tiled in ``block = (rows, cols)`` tiles; a tile is kept or zero as a whole
   (16×1: 16 output features share each kept input, what CPU kernels turn into speed);
 - ``unstructured``: any entries, ``density`` of them kept.
-The annotation ``metadata_props["sparc.algorithms.sparsity"]`` (JSON: kind, n, m, block, density,
+The annotation ``metadata_props["sparc.sparsity"]`` (JSON: kind, n, m, block, density,
 method) is read and written only here, so it survives export and every tool agrees on it.
 """
 
@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from sparc.errors import SparcError
 
-ANNOTATION_KEY = "sparc.algorithms.sparsity"
+ANNOTATION_KEY = "sparc.sparsity"
 KINDS = ("nm", "block", "unstructured")
 
 
