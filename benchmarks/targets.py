@@ -68,7 +68,7 @@ def main() -> None:
                 wasm = verify(path, "wasm", feeds, baseline=baseline, threads=1, rounds=args.rounds)
                 record["wasm"] = {"max_abs": wasm.max_abs_diff, "max_rel": wasm.max_rel_diff,
                                   "latency": None if wasm.latency is None else vars(wasm.latency)}
-                arm = verify(path, "arm", feeds)
+                arm = verify(path, "aarch64", feeds)
                 record["arm"] = {"max_abs": arm.max_abs_diff, "max_rel": arm.max_rel_diff, "runtime": arm.runtime}
                 records.append(record)
                 print(record, flush=True)

@@ -98,11 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.set_defaults(handler=_bench)
 
-    verify = commands.add_parser("verify", help="run an ONNX file on a target (wasm, arm) and compare "
+    verify = commands.add_parser("verify", help="run an ONNX file on a target (wasm, aarch64) and compare "
                                  "its outputs with Python ONNX Runtime")
     verify.add_argument("model", help="ONNX file")
-    verify.add_argument("--target", required=True, choices=["wasm", "arm"],
-                        help="wasm: onnxruntime-web in Node.js; arm: aarch64 ONNX Runtime under qemu")
+    verify.add_argument("--target", required=True, choices=["wasm", "aarch64"],
+                        help="wasm: onnxruntime-web in Node.js; aarch64: aarch64 ONNX Runtime under qemu")
     verify.add_argument("--vs", help="original ONNX file to time beside MODEL (wasm)")
     verify.add_argument("--inputs", help=".npz inputs (first --batch rows); default: made-up inputs")
     verify.add_argument("--batch", type=int, default=1, help="batch size of made-up inputs")

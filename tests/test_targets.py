@@ -1,4 +1,4 @@
-"""Targets wasm (onnxruntime-web in Node.js) and arm (aarch64 ONNX Runtime under qemu)."""
+"""Targets wasm (onnxruntime-web in Node.js) and aarch64 (ONNX Runtime under qemu)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_wasm_target_checks_outputs_and_times_the_export_beside_the_original(min
 
 
 def test_arm_target_checks_outputs_and_reports_no_latency(minilm_ir, minilm_batches):
-    compiled = sparc.compile(minilm_ir, calibration=minilm_batches, target="arm", latency_rounds=0,
+    compiled = sparc.compile(minilm_ir, calibration=minilm_batches, target="aarch64", latency_rounds=0,
                              recipe=[TokenRouter(keep=0.5, start_block=2, router="norm")])
     check = compiled.report.target_check
     assert "aarch64" in check.runtime and "qemu" in check.runtime

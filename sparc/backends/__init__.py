@@ -8,9 +8,9 @@ from sparc.backends.tvm import TvmRunner
 from sparc.errors import BackendError
 from sparc.runtime import Executable, OrtRunner
 
-# onnxruntime runs here on every target; wasm and arm add a check of the export on that
+# onnxruntime runs here on every target; wasm and aarch64 add a check of the export on that
 # target to the compile (sparc.backends.targets)
-BACKENDS: dict[str, tuple[str, ...]] = {"onnxruntime": ("cpu", "wasm", "arm"), "tvm": ("cpu",)}
+BACKENDS: dict[str, tuple[str, ...]] = {"onnxruntime": ("cpu", "wasm", "aarch64"), "tvm": ("cpu",)}
 BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("providers", "optimization"),
     "tvm": ("choose_layouts", "fallback"),

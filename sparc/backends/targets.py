@@ -2,7 +2,7 @@
 
 ``cpu``: this machine's ONNX Runtime (the compiled model runs here). ``wasm``: the exported
 ONNX must give Python ONNX Runtime's outputs in onnxruntime-web (WebAssembly, Node.js), where
-it is also timed beside the original. ``arm``: the same outputs from the aarch64 ONNX Runtime
+it is also timed beside the original. ``aarch64``: the same outputs from the aarch64 ONNX Runtime
 wheel under qemu-user (correctness only; emulated time is not reported).
 
 The comparison is :mod:`sparc.measure.outputs` per output: every float output's
@@ -30,7 +30,7 @@ from sparc.measure.outputs import TOLERANCES, OutputError, measures_of
 from sparc.ops import has_sparc_ops, lower_to_standard
 from sparc.runtime import OrtRunner
 
-CHECKED_TARGETS = ("wasm", "arm")
+CHECKED_TARGETS = ("wasm", "aarch64")
 TOLERANCE = TOLERANCES["target"]
 
 
@@ -56,7 +56,7 @@ class TargetCheck:
             line += (f"; WebAssembly latency ({lat.threads} thread(s), {lat.rounds} interleaved rounds): "
                      f"original {lat.original_ms:.2f} ms, compiled {lat.compiled_ms:.2f} ms, "
                      f"ratio {lat.ratio:.3f} ({lat.speedup:.2f}x)")
-        elif self.target == "arm":
+        elif self.target == "aarch64":
             line += "; emulated, so not timed"
         return line
 
