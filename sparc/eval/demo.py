@@ -256,8 +256,10 @@ def plot_tradeoff(result: DemoResult, path: Path) -> None:
         axes.scatter(trial.cosine, trial.speedup, s=120 if chosen else 40,
                      marker="*" if chosen else ("o" if trial.meets_budget else "x"),
                      color="tab:red" if chosen else ("tab:blue" if trial.meets_budget else "tab:gray"), zorder=3)
+        right = trial.cosine > 1.0 - 0.25 * (1.0 - lowest)  # near the right edge: label to the left
         axes.annotate(f"{trial.name}\nLee r {trial.lee_r:.3f}", (trial.cosine, trial.speedup), fontsize=7,
-                      xytext=(5, 4), textcoords="offset points")
+                      xytext=(-6 if right else 6, -20 if chosen else 4), textcoords="offset points",
+                      ha="right" if right else "left")
     axes.scatter(1.0, 1.0, marker="s", color="black", s=30, zorder=3)
     axes.annotate(f"original\nLee r {result.dense_lee_r:.3f}", (1.0, 1.0), fontsize=7, xytext=(-40, 6),
                   textcoords="offset points")
