@@ -13,7 +13,7 @@ import onnx_ir as ir
 
 from sparc import backends
 from sparc.backends.onnxruntime import export_onnx
-from sparc.backends.targets import CHECKED_TARGETS, verify_models
+from sparc.backends.targets import CHECKED_TARGETS, TargetCheck, verify_models
 from sparc.backends.tvm import TARGETS, TvmBuild, export_library
 from sparc.capture import capture, load_onnx
 from sparc.capture.torch import is_torch_module
@@ -26,7 +26,7 @@ from sparc.measure.outputs import TOLERANCES, OutputError
 from sparc.ops import has_sparc_ops, lower_to_standard
 from sparc.passes.pipeline import Pipeline
 from sparc.recipe import load_recipe
-from sparc.report import Report, TargetCheck
+from sparc.report import Report
 from sparc.runtime import OrtRunner
 
 logger = logging.getLogger(__name__)
@@ -218,7 +218,6 @@ def _tvm_checked(runner, model, original, feeds, report, threads, rounds, option
     original in ONNX Runtime (ratio above ``FALLBACK_RATIO``) and ``fallback`` (default) is on,
     the compiled model runs in ONNX Runtime instead and the report says so.
     """
-
     start = time.perf_counter()
     runner.prepare({k: np.asarray(v).shape for k, v in feeds.items()})
     report.tvm = build = TvmBuild(feed_shapes(feeds), time.perf_counter() - start, list(runner.choices),

@@ -107,7 +107,6 @@ def observed_shapes(model: ir.Model, nodes, feeds: Feeds) -> dict[str, tuple[int
     (ONNX shape inference loses dynamic dims through the Expand/Reshape chains exporters
     emit, so it is not relied on).
     """
-
     bindings = _symbol_bindings(model, feeds)
     shapes: dict[str, tuple[int, ...]] = {}
     wanted: list[str] = []
