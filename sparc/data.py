@@ -5,7 +5,6 @@ inputs for shape probes.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -15,8 +14,6 @@ import numpy as np
 import onnx_ir as ir
 
 from sparc.errors import CalibrationError
-
-logger = logging.getLogger(__name__)
 
 Feeds = dict[str, np.ndarray]
 MAX_SYNTHETIC_ELEMENTS = 2**28  # made-up inputs larger than this are a broken shape, not a size

@@ -74,14 +74,13 @@ def measures_of(model: ir.Model, overrides: Mapping[str, str] | None = None) -> 
     """{output name: measure} for every graph output; ``overrides`` win (names are checked)."""
     found = {v.name: measure_for(v) for v in model.graph.outputs}
     overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(found))
-    bad = sorted(f"{k}={v!r}" for k, v in overrides.items() if v not in MEASURES)
-    if unknown or bad:
-        raise CalibrationError(
-            "fidelity overrides: "
-            + "; ".join(([f"unknown outputs {unknown} (outputs: {list(found)})"] if unknown else [])
-                        + ([f"unknown measures {bad} (choose from {list(MEASURES)})"] if bad else []))
-        )
+    problems = []
+    if unknown := sorted(set(overrides) - set(found)):
+        problems.append(f"unknown outputs {unknown} (outputs: {list(found)})")
+    if bad := sorted(f"{k}={v!r}" for k, v in overrides.items() if v not in MEASURES):
+        problems.append(f"unknown measures {bad} (choose from {list(MEASURES)})")
+    if problems:
+        raise CalibrationError("fidelity overrides: " + "; ".join(problems))
     return found | overrides
 
 
