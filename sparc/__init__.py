@@ -11,7 +11,8 @@ Layers, bottom to top; a module imports only from its own layer and those below
 (tests/test_layering.py checks it on the source):
 
 1. ``errors``, ``files``, ``ir_utils``, ``capture`` (ONNX files / torch modules -> IR)
-2. ``runtime``: ONNX Runtime sessions over an IR (custom domains lowered by what registered them)
+2. ``runtime``: ONNX Runtime sessions over an IR (custom domains lowered by what registered them);
+   ``torch_runtime``: the IR run in torch, differentiable (recovery passes train with it)
 3. ``data``: calibration intake and checks
 4. ``measure``: running with exposed values (``execute``), streaming ``reducers``, output error
    and fidelity (``outputs``), ``cost`` (params, MACs), ``latency``, ``memory``

@@ -10,6 +10,11 @@ residual Add reading x directly (its branch must hold a Softmax), the optional n
 the Add's only reader, then the MLP's residual Add reading m (no Softmax in its branch).
 The walk stops at the first hidden state with no attention residual after it: that value is
 the last block's output (the final norm's input in a pre-norm model).
+
+Models without attention blocks (CNNs) split into stages instead (:func:`find_segments`):
+from the first float graph input to the first residual join (an Add of two computed values,
+one computed from the other), from join to join, and from the last join to the first graph
+output. A model without residual joins is one stage.
 """
 
 from __future__ import annotations
@@ -24,12 +29,12 @@ from sparc.errors import StructureError
 
 @dataclasses.dataclass
 class Block:
-    """One transformer block: hidden state ``input`` → ``output``; ``softmax`` is its attention."""
+    """One block: hidden state ``input`` → ``output``; ``softmax`` is a transformer block's attention."""
 
     index: int
     input: ir.Value
     output: ir.Value
-    softmax: ir.Node
+    softmax: ir.Node | None = None
 
 
 def find_blocks(model: ir.Model) -> list[Block]:
@@ -60,6 +65,31 @@ def find_blocks(model: ir.Model) -> list[Block]:
     if not blocks:
         raise StructureError("no attention block with a residual connection found")
     return blocks
+
+
+def find_segments(model: ir.Model) -> list[Block]:
+    """Transformer blocks when the model has attention, else the stages between residual joins."""
+    if any(n.op_type == "Softmax" and n.domain == "" for n in model.graph):
+        return find_blocks(model)
+    return find_stages(model)
+
+
+def find_stages(model: ir.Model) -> list[Block]:
+    """The stages of a model without attention (module docstring); StructureError if it has no float input."""
+    floats = [v for v in model.graph.inputs if v.dtype is not None and v.dtype.is_floating_point()]
+    if not floats or not model.graph.outputs:
+        raise StructureError("the model has no float input to split into stages")
+    joins = [n.outputs[0] for n in model.graph if _is_add(n) and _is_residual_join(n)]
+    bounds = [floats[0], *joins, model.graph.outputs[0]]
+    return [Block(i, start, end) for i, (start, end) in enumerate(zip(bounds, bounds[1:]))]
+
+
+def _is_residual_join(add: ir.Node) -> bool:
+    """An Add of two computed values where one is computed from the other (a skip connection)."""
+    first, second = add.inputs
+    if first.const_value is not None or second.const_value is not None:
+        return False
+    return bool(descendants(first) & ancestors(second)) or bool(descendants(second) & ancestors(first))
 
 
 def nodes_between(start: ir.Value, end: ir.Value) -> set[ir.Node]:

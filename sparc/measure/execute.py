@@ -92,14 +92,17 @@ def collect(
 ) -> None:
     """Run ``model`` over ``data`` and stream each named value into its reducer(s).
 
-    Memory holds one run's exposed values: when every reducer is additive, each batch runs
-    in parts along the sample axis, sized after the first sample so that a part's exposed
-    values stay under ``EXPOSED_BYTES`` (at least one sample). The session runs without
-    ONNX Runtime's memory arena, so activations are returned between runs. Values that are
+    Memory holds one run's exposed values: when every reducer is additive and the model
+    takes any batch size, each batch runs in parts along the sample axis, sized after the
+    first sample so that a part's exposed values stay under ``EXPOSED_BYTES`` (at least one
+    sample); a model with a fixed batch size (captured without a dynamic batch axis) runs
+    whole batches, the only size ONNX Runtime accepts. The session runs without ONNX
+    Runtime's memory arena, so activations are returned between runs. Values that are
     initializers are not run: reducers of constants make no sense.
     """
     targets = {name: r if isinstance(r, Sequence) else (r,) for name, r in reducers.items()}
-    splittable = all(getattr(r, "additive", False) for group in targets.values() for r in group)
+    additive = all(getattr(r, "additive", False) for group in targets.values() for r in group)
+    splittable = additive and _any_batch_size(model)
     runner = exposing_runner(model, list(targets), threads=threads, arena=False)
     per_sample = None
     for feeds in _progress(data, description):
@@ -113,6 +116,13 @@ def collect(
             exposed = _update(runner, targets, {k: v[start : start + size] for k, v in feeds.items()}, description)
             per_sample = per_sample or max(1, exposed // size)
             start += size
+
+
+def _any_batch_size(model: ir.Model) -> bool:
+    """Whether no graph input fixes its size on axis 0, so a batch may run in parts."""
+    return not any(
+        v.shape is not None and len(v.shape) > 0 and isinstance(v.shape[0], int) for v in model.graph.inputs
+    )
 
 
 def _update(runner, targets: Mapping[str, Sequence[Reducer]], feeds: Feeds, description: str) -> int:

@@ -8,6 +8,7 @@ from sparc.passes.fuse_sparse_ops import FuseSparseOps
 from sparc.passes.infer_shapes import InferShapes
 from sparc.passes.nm_sparsity import NMSparsity
 from sparc.passes.pipeline import Pipeline
+from sparc.passes.reconstruct import Reconstruct
 from sparc.passes.remove_unused import RemoveUnused
 from sparc.passes.slice_rows_columns import SliceRowsColumns
 from sparc.passes.token_router import TokenRouter
@@ -23,6 +24,7 @@ __all__ = [
     "FuseSparseOps",
     "InferShapes",
     "Pipeline",
+    "Reconstruct",
     "RemoveUnused",
     "SliceRowsColumns",
     "SparcPass",

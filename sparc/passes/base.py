@@ -4,7 +4,8 @@ A pass is an ``onnx_ir`` in-place pass with keyword-only options validated in it
 constructor (bad values raise :class:`RecipeError` naming the pass and option). It returns an
 explicit ``PassResult`` and fills ``self.details`` with what it did, which the pipeline puts
 in the report. A pass that needs calibration data reads it from ``self.calibration``: its own
-``calibration=`` option when given, else the pipeline's. The pipeline binds its data before
+``calibration=`` option when given, else the pipeline's. A recovery pass (``needs_reference``)
+reads the model the pipeline was given, before any pass, from ``self.reference``. The pipeline binds its data before
 each run and the details start empty, so one pass object can serve any number of compiles.
 """
 
@@ -36,6 +37,7 @@ class SparcPass(ir.passes.InPlacePass):
 
     lossless: ClassVar[bool] = True
     needs_calibration: ClassVar[bool] = False
+    needs_reference: ClassVar[bool] = False
 
     def __init__(self, *, calibration=None, max_error: float | None = None, threads=None):
         super().__init__()
@@ -45,6 +47,7 @@ class SparcPass(ir.passes.InPlacePass):
         self.threads = self._own_threads
         self.max_error = optional_number(self, "max_error", max_error, low=0.0)
         self.details: dict[str, Any] = {}
+        self.reference: ir.Model | None = None
 
     @property
     def name(self) -> str:
@@ -58,11 +61,12 @@ class SparcPass(ir.passes.InPlacePass):
             if name not in ("calibration", "threads")
         }
 
-    def bind(self, calibration: CalibrationData | None, threads: int | None) -> None:
+    def bind(self, calibration: CalibrationData | None, threads: int | None, reference: ir.Model | None = None) -> None:
         """Called by the pipeline before each run: its calibration data and threads unless the
-        pass was given its own; the details of an earlier run are dropped."""
+        pass was given its own, and the original model; the details of an earlier run are dropped."""
         self._calibration = self._own_calibration if self._own_calibration is not None else calibration
         self.threads = self._own_threads if self._own_threads is not None else threads
+        self.reference = reference
         self.details = {}
 
     @property

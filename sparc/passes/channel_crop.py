@@ -137,10 +137,16 @@ class ChannelCrop(SparcPass):
     # -- planning ---------------------------------------------------------------------------
 
     def _probe_feeds(self, model: ir.Model) -> dict[str, np.ndarray]:
-        """One sample (batch 1, so batch and head axes never merge) to read shapes from."""
-        if self.calibration is not None and len(self.calibration):
-            return {k: v[:1] for k, v in self.calibration.batches[0].items()}
-        return synthetic_feeds(model, batch=1, seq=16)
+        """Inputs to read shapes from: one sample (batch 1, so batch and head axes never
+        merge) of the first calibration batch, or made-up inputs without calibration.
+
+        An input whose batch size the model fixes keeps its whole batch: ONNX Runtime
+        rejects any other size.
+        """
+        if not (self.calibration is not None and len(self.calibration)):
+            return synthetic_feeds(model, batch=1, seq=16)
+        fixed = {value.name for value in model.graph.inputs if _fixed_batch(value)}
+        return {k: v if k in fixed else v[:1] for k, v in self.calibration.batches[0].items()}
 
     def _skipped(self, group: ChannelGroup) -> bool:
         return any(fnmatch.fnmatch(name, p) for name in group.producers for p in self.skip)
@@ -222,17 +228,24 @@ class ChannelCrop(SparcPass):
         return scores
 
     def _consumer_stats(self, model: ir.Model, groups: list[ChannelGroup]) -> dict[str, ConsumerStats]:
-        """Channel statistics (and XᵀX for ``reconstruct``) of every value a consumer reads."""
+        """Channel statistics of every value a consumer reads, and with ``reconstruct`` its
+        XᵀX where any of its consumers is refittable (whatever the members' order)."""
         stats: dict[str, ConsumerStats] = {}
-        for group in groups:
-            for member in group.members:
-                name = member.space.value.name
-                if member.role == "consumer" and name not in stats:
-                    gram = Gram(axis=member.space.axis) if self.reconstruct and refittable(member) else None
-                    stats[name] = ConsumerStats(ChannelStats(axis=member.space.axis), gram)
+        consumers = [m for g in groups for m in g.members if m.role == "consumer"]
+        for member in consumers:
+            name, axis = member.space.value.name, member.space.axis
+            stats.setdefault(name, ConsumerStats(ChannelStats(axis=axis)))
+            if self.reconstruct and refittable(member) and stats[name].gram is None:
+                stats[name].gram = Gram(axis=axis)
         reducers = {name: [s.channels] + ([s.gram] if s.gram else []) for name, s in stats.items()}
         collect(model, reducers, self.calibration, threads=self.threads, description=self.name)
         return stats
+
+
+def _fixed_batch(value: ir.Value) -> bool:
+    """Whether graph input ``value`` has a fixed size on axis 0 (captured without a dynamic
+    batch axis)."""
+    return value.shape is not None and len(value.shape) > 0 and isinstance(value.shape[0], int)
 
 
 def _ratio(owner, ratio):

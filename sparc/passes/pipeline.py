@@ -11,6 +11,7 @@ After every pass:
 3. size and compute statistics, wall time (and the calibration and verification parts of
    it), and the process's peak resident memory while the pass ran (calibration included)
    are recorded for the report.
+Recovery passes get a copy of the model as it was given (weights shared, never written).
 Any failure, inside a pass or in its verification, becomes a :class:`PassError` naming the
 pass and the passes that ran before it.
 """
@@ -86,6 +87,7 @@ class Pipeline:
         reference = self._reference_outputs(model)
         last = reference
         feeds = self._reference_feeds()
+        self.original = model.clone() if any(p.needs_reference for p in self.passes) else None
         entries: list[PassEntry] = []
         for index, pass_ in enumerate(self.passes):
             previous = [p.name for p in self.passes[:index]]
@@ -108,7 +110,7 @@ class Pipeline:
         return PipelineResult(model, entries)
 
     def _apply(self, pass_: SparcPass, model: ir.Model, previous: list[str]) -> bool:
-        pass_.bind(self.calibration, self.threads)
+        pass_.bind(self.calibration, self.threads, self.original)
         try:
             return pass_(model).modified
         except PassError:

@@ -1,0 +1,163 @@
+"""Reconstruct: fit each block's remaining weights so the compressed block reproduces the original.
+
+Runs after any compression pass that keeps the blocks' outputs their width (N:M, blocks,
+unstructured sparsity, channel crop of heads, FFN units or conv channels). Blocks are the
+transformer blocks, or a CNN's stages between residual joins (``analysis.blocks.find_segments``);
+block i of the compressed model is matched with block i of the original.
+
+Block by block, in order, on the calibration batches:
+    x_c = the compressed model's input to the block (earlier blocks already reconstructed)
+    x_o = the original model's input to the block, t = original block(x_o)
+    minimize  ‖block(x_c; W) − t‖² / ‖t‖²  over the block's weights W
+with Adam on micro-batches of ``batch_size`` samples (the calibration batches split along the
+sample axis when every input has it), masks kept and early stopping on held-out micro-batches
+(``sparc.algorithms.recovery``). Aiming at the original's hidden state rather than at the
+original block applied to x_c lets each block also undo the drift of the blocks before it.
+Held out: the last tenth of the micro-batches (1 to 4); with a single one, that one.
+The graph is run in torch (``sparc.torch_runtime``); the model's shapes never change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from sparc.algorithms.recovery import Weights, fit, trainable_weights
+from sparc.analysis.blocks import Block, find_segments, nodes_between
+from sparc.data import holdout_size
+from sparc.errors import RecipeError, StructureError
+from sparc.passes.base import SparcPass, integer, number, register
+from sparc.torch_runtime import TorchGraph, default_device, torch_module
+
+
+@register
+class Reconstruct(SparcPass):
+    """Block-wise reconstruction of a compressed model (module docstring)."""
+
+    lossless = False
+    needs_calibration = True
+    needs_reference = True
+
+    def __init__(self, *, steps: int = 200, lr: float = 1e-4, batch_size: int = 4, eval_every: int = 20,
+                 patience: int = 3, **common):
+        super().__init__(**common)
+        self.batch_size = integer(self, "batch_size", batch_size, low=1)
+        self.steps = integer(self, "steps", steps, low=1)
+        self.lr = number(self, "lr", lr, low=0.0, open_low=True)
+        self.eval_every = integer(self, "eval_every", eval_every, low=1)
+        self.patience = integer(self, "patience", patience, low=1)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if self.reference is None:
+            raise RecipeError("Reconstruct runs inside a pipeline, which gives it the original model")
+        torch = torch_module()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        segments, originals = _matched_segments(model, self.reference)
+        run = _Runs(model, self.reference, micro_batches(self.calibration, self.batch_size))
+        blocks, modified = [], False
+        for segment, original in zip(segments, originals):
+            entry = self._reconstruct(model, run, segment, original)
+            modified |= entry.get("loss_after", 1.0) < entry.get("loss_before", 1.0)
+            blocks.append(entry)
+        self.details.update({"blocks": len(blocks), "held_out_batches": len(run.held_out), "per_block": blocks})
+        return ir.passes.PassResult(model, modified=modified)
+
+    def _reconstruct(self, model: ir.Model, run: _Runs, segment: Block, original: Block) -> dict:
+        """Fit one block, then move both models' hidden states past it."""
+        targets = run.original_outputs(original)
+        values = trainable_weights(nodes_between(segment.input, segment.output))
+        entry: dict = {"block": segment.index, "weights": len(values)}
+        if values:
+            weights = Weights(values, run.device)
+            run.compressed.parameters.update(weights.tensors)
+            _check_widths(run, segment, targets)
+            result = fit(weights, lambda i: run.block_loss(segment, i, targets[i]), run.train, run.held_out,
+                         steps=self.steps, lr=self.lr, eval_every=self.eval_every, patience=self.patience,
+                         description=f"{self.name} block {segment.index}")
+            if result.improved:
+                weights.write_back(model.graph)
+            entry.update(loss_before=round(result.loss_before, 5), loss_after=round(result.loss_after, 5),
+                         steps=result.steps, seconds=round(result.seconds, 1))
+        run.advance(segment, targets)
+        return entry
+
+
+class _Runs:
+    """Both models' hidden states on the calibration batches, and the block loss."""
+
+    def __init__(self, model: ir.Model, reference: ir.Model, batches: list[dict]):
+        self.device = default_device()
+        self.compressed = TorchGraph(model.graph, device=self.device)
+        self.original = TorchGraph(reference.graph, device=self.device)
+        self.feeds_c = [_known(model, self.compressed, b) for b in batches]
+        self.feeds_o = [_known(reference, self.original, b) for b in batches]
+        held = holdout_size(len(batches)) or 0
+        self.train = list(range(len(batches) - held))
+        self.held_out = list(range(len(batches) - held, len(batches))) if held else self.train
+        self.hidden_c: list | None = None
+        self.hidden_o: list | None = None
+
+    def original_outputs(self, original: Block) -> list:
+        """The original block's outputs from the original model's own hidden states."""
+        with torch_module().no_grad():
+            if self.hidden_o is None:
+                self.hidden_o = [self.original.evaluate([original.input], f)[0] for f in self.feeds_o]
+            return [self.original.evaluate([original.output], {**f, original.input: x})[0]
+                    for f, x in zip(self.feeds_o, self.hidden_o)]
+
+    def block_output(self, segment: Block, index: int):
+        feeds = self.feeds_c[index]
+        if self.hidden_c is None:
+            with torch_module().no_grad():
+                self.hidden_c = [self.compressed.evaluate([segment.input], f)[0] for f in self.feeds_c]
+        return self.compressed.evaluate([segment.output], {**feeds, segment.input: self.hidden_c[index]})[0]
+
+    def block_loss(self, segment: Block, index: int, target):
+        """‖block(x_c) − t‖² / ‖t‖² on calibration batch ``index``."""
+        difference = self.block_output(segment, index) - target
+        return (difference * difference).sum() / (target * target).sum().clamp_min(1e-12)
+
+    def advance(self, segment: Block, targets: list) -> None:
+        with torch_module().no_grad():
+            self.hidden_c = [self.block_output(segment, i).detach() for i in range(len(self.feeds_c))]
+        self.hidden_o = targets
+
+
+def micro_batches(data, size: int) -> list[dict]:
+    """The calibration batches split into parts of ``size`` samples (whole when inputs differ in samples)."""
+    parts = []
+    for feeds in data:
+        counts = {np.shape(v)[0] if np.ndim(v) else None for v in feeds.values()}
+        samples = counts.pop() if len(counts) == 1 else None
+        if not samples:
+            parts.append(dict(feeds))
+            continue
+        parts += [{k: v[i : i + size] for k, v in feeds.items()} for i in range(0, samples, size)]
+    return parts
+
+
+def _known(model: ir.Model, graph: TorchGraph, feeds: dict) -> dict:
+    return {v: graph.tensor(feeds[v.name]) for v in model.graph.inputs if v.name in feeds}
+
+
+def _matched_segments(model: ir.Model, reference: ir.Model) -> tuple[list[Block], list[Block]]:
+    segments, originals = find_segments(model), find_segments(reference)
+    if len(segments) != len(originals):
+        raise StructureError(
+            f"the compressed model has {len(segments)} blocks and the original {len(originals)}: "
+            "Reconstruct needs the block structure kept"
+        )
+    return segments, originals
+
+
+def _check_widths(run: _Runs, segment: Block, targets: list) -> None:
+    """Refuse blocks whose output changed shape (a sliced hidden state has no original to match)."""
+    with torch_module().no_grad():
+        got = tuple(run.block_output(segment, 0).shape)
+    if got != tuple(targets[0].shape):
+        raise StructureError(
+            f"block {segment.index} ({segment.output.name!r}) outputs {list(got)} but the original "
+            f"{list(targets[0].shape)}: Reconstruct fits blocks whose output keeps its shape "
+            "(run it after sparsity or channel crop, not after SliceRowsColumns)"
+        )

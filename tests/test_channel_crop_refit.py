@@ -1,0 +1,132 @@
+"""ChannelCrop's calibration and refits on graphs shaped like EfficientNet-Lite0's.
+
+Regressions of the issue "``reconstruct`` crashes in ORT":
+- a model captured without a dynamic batch axis only runs whole batches, yet calibration ran
+  it on one-sample slices (the shape probe in ``ChannelCrop``, the per-sample parts of
+  ``sparc.measure.execute.collect``);
+- a value read by a non-refittable consumer (3×3 conv) listed before a refittable one (1×1
+  conv) had no XᵀX collected, so the refit of the 1×1 conv failed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from tiny_models import seeded
+from torch import nn
+
+import sparc
+from sparc.capture import capture_torch
+from sparc.eval import zoo
+from sparc.passes import ChannelCrop
+
+REFINED = {"importance": "activation", "bias_compensation": True, "reconstruct": True}
+
+
+class MBConv(nn.Module):
+    """EfficientNet-Lite0 in small: stem, inverted residual (1×1 expand, 3×3 depthwise, 1×1
+    project, each with BatchNorm, ReLU6), 1×1 head conv, pooling and a classifier."""
+
+    def __init__(self, width=16, expand=4, classes=10):
+        super().__init__()
+        hidden = width * expand
+        self.stem = _conv_bn(3, width, 3)
+        self.expand = _conv_bn(width, hidden, 1)
+        self.depthwise = _conv_bn(hidden, hidden, 3, groups=hidden)
+        self.project = _conv_bn(hidden, width, 1, activation=False)
+        self.head = _conv_bn(width, 4 * width, 1)
+        self.fc = nn.Linear(4 * width, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.project(self.depthwise(self.expand(x)))
+        return self.fc(self.head(x).mean(dim=(2, 3)))
+
+
+def _conv_bn(c_in, c_out, kernel, groups=1, activation=True):
+    bn = nn.BatchNorm2d(c_out)
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    layers = [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, groups=groups, bias=False), bn]
+    return nn.Sequential(*layers, *([nn.ReLU6()] if activation else []))
+
+
+class SharedInput(nn.Module):
+    """One value read by a 3×3 conv (not refittable) and by a 1×1 conv (refittable)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.wide = nn.Conv2d(32, 16, 3, padding=1)
+        self.point = nn.Conv2d(32, 16, 1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        return self.head((self.wide(h) + self.point(h)).mean(dim=(2, 3)))
+
+
+def _images(batch, count=4, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((batch, 3, size, size)).astype(np.float32)} for _ in range(count)]
+
+
+def test_refined_crop_of_a_fixed_batch_mbconv():
+    data = _images(4)
+    module = seeded(MBConv)
+    compiled = sparc.compile(module, example_inputs={"x": torch.from_numpy(data[0]["x"])}, calibration=data,
+                             recipe=[ChannelCrop(ratio=0.25, round_to=1, **REFINED)], latency_rounds=0)
+    assert compiled.model.graph.inputs[0].shape[0] == 4  # the batch stayed fixed
+    choice = compiled.report.passes[-1].details["refinement"]
+    assert choice["reconstruct"] < choice["none"]
+    assert compiled.report.final.params < compiled.report.original.params
+    want = module(torch.from_numpy(data[0]["x"])).detach().numpy()
+    assert compiled(data[0]).shape == want.shape
+
+
+def test_fixed_batch_probe_without_shape_information():
+    """Intermediate shapes unknown: the pass runs the model to read them, on a whole batch."""
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((8, 16, 1, 1)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="c1"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"),
+    ]
+    graph = helper.make_graph(
+        nodes, "fixed_batch", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "c", "h", "w"])], weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = _images(4, size=8)
+    compiled = sparc.compile(model, calibration=data, recipe=[ChannelCrop(ratio=0.5, round_to=1)], latency_rounds=0)
+    assert compiled.report.passes[-1].details["pruned"] == ["w1: 16 -> 8"]
+    assert compiled(data[0]).shape == (4, 8, 8, 8)
+
+
+def test_refit_of_a_1x1_conv_sharing_its_input_with_a_3x3_conv():
+    model = capture_torch(seeded(SharedInput), (torch.randn(2, 3, 8, 8),), {"x": {0: "batch"}})
+    data = _images(16, size=8)
+    compiled = sparc.compile(model, calibration=data, latency_rounds=0,
+                             recipe=[ChannelCrop(ratio=0.5, round_to=1, reconstruct=True)])
+    details = compiled.report.passes[-1].details
+    assert "stem: 32 -> 16" in details["pruned"]
+    assert details["refinement"]["reconstruct"] < details["refinement"]["none"]
+
+
+def test_efficientnet_lite0_fixed_batch_refined_crop():
+    """The issue's reproduction: captured without dynamic axes, calibration batches of 4."""
+    net = zoo.efficientnet_lite0()
+    images = np.random.default_rng(0).integers(0, 255, (16, 224, 224, 3), dtype=np.uint8)
+    calib = net.batches(images, 4)
+    compiled = sparc.compile(net.module, example_inputs=zoo.torch_inputs(calib[0]), calibration=calib,
+                             recipe=[ChannelCrop(ratio=0.1, **REFINED)], latency_rounds=0)
+    choice = compiled.report.passes[-1].details["refinement"]
+    assert choice["chosen"] != "none" and choice[choice["chosen"]] < choice["none"]
+    assert compiled.report.final.macs < compiled.report.original.macs
+    assert compiled(calib[0]).shape == (4, 1000)
