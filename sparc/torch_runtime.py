@@ -73,15 +73,22 @@ class TorchGraph:
         """The tensors of ``targets`` computed from ``known`` values (tensors or arrays)."""
         env = {value: self.tensor(array) for value, array in known.items()}
         plan = self.plan(targets, env.keys())
-        last_read = _last_reads(plan, targets)
-        for step, node in enumerate(plan):
-            args = [None if v is None else self._read(v, env) for v in node.inputs]
-            results = _run_node(node, args)
-            for value, result in zip(node.outputs, results):
-                env[value] = result
-            for value in last_read.get(step, ()):
+        last_read = last_reads(plan, targets)
+        for index, node in enumerate(plan):
+            self.step(node, env)
+            for value in last_read.get(index, ()):
                 env.pop(value, None)
         return [self._read(value, env) for value in targets]
+
+    def step(self, node: ir.Node, env: dict) -> None:
+        """Run ``node`` on the values in ``env`` (and the graph's constants); store its outputs there."""
+        args = [None if v is None else self._read(v, env) for v in node.inputs]
+        for value, result in zip(node.outputs, _run_node(node, args)):
+            env[value] = result
+
+    def forget(self, value: ir.Value) -> None:
+        """Drop the cached tensor of an initializer whose data was replaced."""
+        self._constants.pop(value, None)
 
     def plan(self, targets: Sequence[ir.Value], known: Iterable[ir.Value]) -> list[ir.Node]:
         """The nodes ``targets`` need beyond ``known``, in graph order."""
@@ -139,7 +146,7 @@ class TorchRunner(Executable):
         return {name: t.detach().cpu().numpy() for name, t in zip(self.output_names, outputs)}
 
 
-def _last_reads(plan: list[ir.Node], targets) -> dict[int, list[ir.Value]]:
+def last_reads(plan: list[ir.Node], targets) -> dict[int, list[ir.Value]]:
     """For each step, the values no later step reads (freed after it); targets are kept."""
     last: dict[ir.Value, int] = {}
     for step, node in enumerate(plan):

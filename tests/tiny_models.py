@@ -96,3 +96,31 @@ class TinyGPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x) @ self.tok.weight.T
+
+
+class MBConv(nn.Module):
+    """EfficientNet-Lite0 in small: stem, inverted residual (1×1 expand, 3×3 depthwise, 1×1
+    project, each with BatchNorm, ReLU6), 1×1 head conv, pooling and a classifier."""
+
+    def __init__(self, width=16, expand=4, classes=10):
+        super().__init__()
+        hidden = width * expand
+        self.stem = _conv_bn(3, width, 3)
+        self.expand = _conv_bn(width, hidden, 1)
+        self.depthwise = _conv_bn(hidden, hidden, 3, groups=hidden)
+        self.project = _conv_bn(hidden, width, 1, activation=False)
+        self.head = _conv_bn(width, 4 * width, 1)
+        self.fc = nn.Linear(4 * width, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.project(self.depthwise(self.expand(x)))
+        return self.fc(self.head(x).mean(dim=(2, 3)))
+
+
+def _conv_bn(c_in, c_out, kernel, groups=1, activation=True):
+    bn = nn.BatchNorm2d(c_out)
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    layers = [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, groups=groups, bias=False), bn]
+    return nn.Sequential(*layers, *([nn.ReLU6()] if activation else []))

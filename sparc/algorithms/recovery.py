@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from sparc.data import holdout_size
 from sparc.ir_utils import set_initializer
-from sparc.torch_runtime import torch_module
+from sparc.torch_runtime import TorchGraph, torch_module
 
 _RUNNING_STATISTICS = {("BatchNormalization", 3), ("BatchNormalization", 4)}
 
@@ -133,6 +134,31 @@ def fit(
                 break
     weights.restore(saved)
     return FitResult(before, best, step, time.perf_counter() - start)
+
+
+def micro_batches(data, size: int) -> list[dict]:
+    """The calibration batches split into parts of ``size`` samples (whole when inputs differ in samples)."""
+    parts = []
+    for feeds in data:
+        counts = {np.shape(v)[0] if np.ndim(v) else None for v in feeds.values()}
+        samples = counts.pop() if len(counts) == 1 else None
+        if not samples:
+            parts.append(dict(feeds))
+            continue
+        parts += [{k: v[i : i + size] for k, v in feeds.items()} for i in range(0, samples, size)]
+    return parts
+
+
+def split_held_out(count: int) -> tuple[list[int], list[int]]:
+    """Training and held-out batch indices: the last tenth held out (1 to 4); a single batch is both."""
+    held = holdout_size(count)
+    train = list(range(count - held))
+    return train, (list(range(count - held, count)) if held else train)
+
+
+def graph_inputs(model: ir.Model, graph: TorchGraph, feeds) -> dict:
+    """``feeds`` as tensors keyed by ``model``'s input values."""
+    return {v: graph.tensor(feeds[v.name]) for v in model.graph.inputs if v.name in feeds}
 
 
 def _mean_loss(loss, batches: Sequence[int]) -> float:

@@ -3,11 +3,13 @@
 from sparc.passes.base import PASSES, SparcPass, build_pass
 from sparc.passes.block_sparsity import BlockSparsity
 from sparc.passes.channel_crop import ChannelCrop
+from sparc.passes.distill import Distill
 from sparc.passes.fold_constants import FoldConstants
 from sparc.passes.fuse_sparse_ops import FuseSparseOps
 from sparc.passes.infer_shapes import InferShapes
 from sparc.passes.nm_sparsity import NMSparsity
 from sparc.passes.pipeline import Pipeline
+from sparc.passes.recalibrate_norms import RecalibrateNorms
 from sparc.passes.reconstruct import Reconstruct
 from sparc.passes.remove_unused import RemoveUnused
 from sparc.passes.slice_rows_columns import SliceRowsColumns
@@ -20,10 +22,12 @@ __all__ = [
     "NMSparsity",
     "UnstructuredSparsity",
     "ChannelCrop",
+    "Distill",
     "FoldConstants",
     "FuseSparseOps",
     "InferShapes",
     "Pipeline",
+    "RecalibrateNorms",
     "Reconstruct",
     "RemoveUnused",
     "SliceRowsColumns",

@@ -4,11 +4,13 @@ shapes, Split sizes, Slice bounds, depthwise ``group``), all new tensors compute
 before the graph changes; optionally each consumer's bias absorbs the removed channels' mean
 contribution, and linear / 1×1-conv consumers are refitted by least squares on calibration
 statistics (only where there are at least ``MIN_ROWS_PER_UNKNOWN`` rows per unknown).
+Every cropped value's producer notes which original channels the value kept (``KEPT_KEY``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import onnx_ir as ir
@@ -19,6 +21,7 @@ from sparc.ir_utils import constant_array
 from sparc.measure.reducers import ChannelStats, Gram
 from sparc.passes import edit
 
+KEPT_KEY = "sparc.kept_channels"  # node metadata: {output name: {"axis": a, "kept": [...]}}
 REFIT_DAMPING = 1e-3
 MIN_ROWS_PER_UNKNOWN = 4  # calibration rows per refitted weight row
 
@@ -120,6 +123,31 @@ def apply_plan(graph, plan, stats, compensate: bool, reconstruct: bool) -> None:
             step()
     for space, indices in kept.items():
         _set_dim(space, len(indices))
+        record_kept(space.value, space.axis, indices)
+
+
+def record_kept(value: ir.Value, axis: int, kept: np.ndarray) -> None:
+    """Note on ``value``'s producer which of the original channels along ``axis`` it still has
+    (composed with an earlier crop), so recovery passes can compare with the original model."""
+    node = value.producer()
+    if node is None:
+        return
+    notes = json.loads(node.metadata_props.get(KEPT_KEY, "{}"))
+    earlier = notes.get(value.name)
+    indices = np.asarray(kept, np.int64)
+    if earlier is not None and earlier["axis"] == axis:
+        indices = np.asarray(earlier["kept"], np.int64)[indices]
+    notes[value.name] = {"axis": int(axis), "kept": indices.tolist()}
+    node.metadata_props[KEPT_KEY] = json.dumps(notes, separators=(",", ":"))
+
+
+def kept_channels(value: ir.Value) -> tuple[int, np.ndarray] | None:
+    """(axis, original channel indices) of a cropped value, or None if it was never cropped."""
+    node = value.producer()
+    if node is None or KEPT_KEY not in node.metadata_props:
+        return None
+    note = json.loads(node.metadata_props[KEPT_KEY]).get(value.name)
+    return None if note is None else (note["axis"], np.asarray(note["kept"], np.int64))
 
 
 def _cut_like_outputs(graph, node: ir.Node, delta: np.ndarray, cuts) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Reconstruct: fit each block's remaining weights so the compressed block reproduces the original.
 
-Runs after any compression pass that keeps the blocks' outputs their width (N:M, blocks,
-unstructured sparsity, channel crop of heads, FFN units or conv channels). Blocks are the
+Runs after any compression pass that keeps the blocks' hidden states in the original's basis
+(N:M, blocks, unstructured sparsity, channel crop of heads, FFN units or conv channels; a
+block output whose channels were cropped is compared with the original's kept channels, as
+the crop noted them). Blocks are the
 transformer blocks, or a CNN's stages between residual joins (``analysis.blocks.find_segments``);
 block i of the compressed model is matched with block i of the original.
 
@@ -19,14 +21,13 @@ The graph is run in torch (``sparc.torch_runtime``); the model's shapes never ch
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
-from sparc.algorithms.recovery import Weights, fit, trainable_weights
+from sparc.algorithms.recovery import Weights, fit, graph_inputs, micro_batches, split_held_out, trainable_weights
 from sparc.analysis.blocks import Block, find_segments, nodes_between
-from sparc.data import holdout_size
 from sparc.errors import RecipeError, StructureError
 from sparc.passes.base import SparcPass, integer, number, register
+from sparc.passes.channel_edit import kept_channels
 from sparc.torch_runtime import TorchGraph, default_device, torch_module
 
 
@@ -38,7 +39,7 @@ class Reconstruct(SparcPass):
     needs_calibration = True
     needs_reference = True
 
-    def __init__(self, *, steps: int = 200, lr: float = 1e-4, batch_size: int = 4, eval_every: int = 20,
+    def __init__(self, *, steps: int = 200, lr: float = 1e-3, batch_size: int = 4, eval_every: int = 20,
                  patience: int = 3, **common):
         super().__init__(**common)
         self.batch_size = integer(self, "batch_size", batch_size, low=1)
@@ -65,7 +66,8 @@ class Reconstruct(SparcPass):
 
     def _reconstruct(self, model: ir.Model, run: _Runs, segment: Block, original: Block) -> dict:
         """Fit one block, then move both models' hidden states past it."""
-        targets = run.original_outputs(original)
+        originals = run.original_outputs(original)
+        targets = _kept_part(segment, originals)
         values = trainable_weights(nodes_between(segment.input, segment.output))
         entry: dict = {"block": segment.index, "weights": len(values)}
         if values:
@@ -79,7 +81,7 @@ class Reconstruct(SparcPass):
                 weights.write_back(model.graph)
             entry.update(loss_before=round(result.loss_before, 5), loss_after=round(result.loss_after, 5),
                          steps=result.steps, seconds=round(result.seconds, 1))
-        run.advance(segment, targets)
+        run.advance(segment, originals)
         return entry
 
 
@@ -90,11 +92,9 @@ class _Runs:
         self.device = default_device()
         self.compressed = TorchGraph(model.graph, device=self.device)
         self.original = TorchGraph(reference.graph, device=self.device)
-        self.feeds_c = [_known(model, self.compressed, b) for b in batches]
-        self.feeds_o = [_known(reference, self.original, b) for b in batches]
-        held = holdout_size(len(batches)) or 0
-        self.train = list(range(len(batches) - held))
-        self.held_out = list(range(len(batches) - held, len(batches))) if held else self.train
+        self.feeds_c = [graph_inputs(model, self.compressed, b) for b in batches]
+        self.feeds_o = [graph_inputs(reference, self.original, b) for b in batches]
+        self.train, self.held_out = split_held_out(len(batches))
         self.hidden_c: list | None = None
         self.hidden_o: list | None = None
 
@@ -124,21 +124,14 @@ class _Runs:
         self.hidden_o = targets
 
 
-def micro_batches(data, size: int) -> list[dict]:
-    """The calibration batches split into parts of ``size`` samples (whole when inputs differ in samples)."""
-    parts = []
-    for feeds in data:
-        counts = {np.shape(v)[0] if np.ndim(v) else None for v in feeds.values()}
-        samples = counts.pop() if len(counts) == 1 else None
-        if not samples:
-            parts.append(dict(feeds))
-            continue
-        parts += [{k: v[i : i + size] for k, v in feeds.items()} for i in range(0, samples, size)]
-    return parts
-
-
-def _known(model: ir.Model, graph: TorchGraph, feeds: dict) -> dict:
-    return {v: graph.tensor(feeds[v.name]) for v in model.graph.inputs if v.name in feeds}
+def _kept_part(segment: Block, outputs: list) -> list:
+    """The original block outputs restricted to the channels a channel crop kept (all if none)."""
+    kept = kept_channels(segment.output)
+    if kept is None:
+        return outputs
+    axis, indices = kept
+    index = torch_module().from_numpy(indices)
+    return [t.index_select(axis, index.to(t.device)) for t in outputs]
 
 
 def _matched_segments(model: ir.Model, reference: ir.Model) -> tuple[list[Block], list[Block]]:
