@@ -123,15 +123,33 @@ def test_recovery_keeps_removed_channels_removed(mnist_cropped, recovery):
     assert recovered.report.passes[-1].modified
 
 
-def test_reconstruct_refuses_a_sliced_hidden_state():
+def _tiny_gpt_and_batches():
     import torch
 
     module = seeded(TinyGPT)
-    batches = [{"input_ids": RNG.integers(0, 97, (4, 8)).astype(np.int64)} for _ in range(4)]
+    batches = [{"input_ids": RNG.integers(0, 97, (8, 16)).astype(np.int64)} for _ in range(6)]
     model = capture_torch(module, (torch.from_numpy(batches[0]["input_ids"]),), {"input_ids": {0: "b", 1: "s"}})
-    with pytest.raises(PassError, match="Reconstruct fits blocks whose output keeps its shape"):
+    return model, batches
+
+
+def test_reconstruct_after_slicing_fits_in_the_sliced_basis():
+    """With the shared rotation, each block's target is the original hidden state rotated and
+    sliced (x·Q[:, :k], fitted exactly at the first block's input); the error goes down."""
+    model, batches = _tiny_gpt_and_batches()
+    sliced = SliceRowsColumns(ratio=0.5)
+    errors = [sparc.compile(model, calibration=batches, recipe=recipe, latency_rounds=0).report.passes[-1]
+              for recipe in ([sliced], [sliced, Reconstruct(steps=100, lr=3e-3, batch_size=8)])]
+    assert errors[1].details["blocks"] == 2
+    losses = [(b["loss_before"], b["loss_after"]) for b in errors[1].details["per_block"]]
+    assert all(after <= before for before, after in losses) and any(after < before for before, after in losses)
+    assert errors[1].error.mean_rel < errors[0].error.mean_rel
+
+
+def test_reconstruct_refuses_per_layer_rotations():
+    model, batches = _tiny_gpt_and_batches()
+    with pytest.raises(PassError, match="per-layer rotations"):
         sparc.compile(model, calibration=batches, latency_rounds=0,
-                      recipe=[SliceRowsColumns(ratio=0.25), Reconstruct(steps=2)])
+                      recipe=[SliceRowsColumns(ratio=0.25, rotation="per_layer"), Reconstruct(steps=2)])
 
 
 def _weights(model) -> dict[str, np.ndarray]:

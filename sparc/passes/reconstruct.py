@@ -3,7 +3,9 @@
 Runs after any compression pass that keeps the blocks' hidden states in the original's basis
 (N:M, blocks, unstructured sparsity, channel crop of heads, FFN units or conv channels; a
 block output whose channels were cropped is compared with the original's kept channels, as
-the crop noted them). Blocks are the
+the crop noted them), or in one fixed linear map of it: after SliceRowsColumns with its
+shared rotation, x_c = x_o·M with M = Q[:, :k], which is fitted (and required exact) at the
+first block's input and applied to every target. Blocks are the
 transformer blocks, or a CNN's stages between residual joins (``analysis.blocks.find_segments``);
 block i of the compressed model is matched with block i of the original.
 
@@ -28,6 +30,7 @@ from sparc.analysis.blocks import Block, find_segments, nodes_between
 from sparc.errors import RecipeError, StructureError
 from sparc.passes.base import SparcPass, integer, number, register
 from sparc.passes.channel_edit import kept_channels
+from sparc.passes.slice_rows_columns import ROTATION_KEY
 from sparc.torch_runtime import TorchGraph, default_device, torch_module
 
 
@@ -54,8 +57,14 @@ class Reconstruct(SparcPass):
         torch = torch_module()
         if self.threads:
             torch.set_num_threads(self.threads)
+        if model.metadata_props.get(ROTATION_KEY) == "per_layer":
+            raise StructureError(
+                "the residual stream was sliced with per-layer rotations: each block's output is in a "
+                "basis of its own, so Reconstruct has no target for it (slice with rotation='shared')"
+            )
         segments, originals = _matched_segments(model, self.reference)
         run = _Runs(model, self.reference, micro_batches(self.calibration, self.batch_size))
+        run.start(segments[0], originals[0])
         blocks, modified = [], False
         for segment, original in zip(segments, originals):
             entry = self._reconstruct(model, run, segment, original)
@@ -67,7 +76,7 @@ class Reconstruct(SparcPass):
     def _reconstruct(self, model: ir.Model, run: _Runs, segment: Block, original: Block) -> dict:
         """Fit one block, then move both models' hidden states past it."""
         originals = run.original_outputs(original)
-        targets = _kept_part(segment, originals)
+        targets = run.in_compressed_basis(_kept_part(segment, originals))
         values = trainable_weights(nodes_between(segment.input, segment.output))
         entry: dict = {"block": segment.index, "weights": len(values)}
         if values:
@@ -97,20 +106,30 @@ class _Runs:
         self.train, self.held_out = split_held_out(len(batches))
         self.hidden_c: list | None = None
         self.hidden_o: list | None = None
+        self.basis = None
+
+    def start(self, segment: Block, original: Block) -> None:
+        """Both models' inputs to the first block, and the map between their bases if they differ."""
+        with torch_module().no_grad():
+            self.hidden_c = [self.compressed.evaluate([segment.input], f)[0] for f in self.feeds_c]
+            self.hidden_o = [self.original.evaluate([original.input], f)[0] for f in self.feeds_o]
+        if self.hidden_c[0].shape[-1] != self.hidden_o[0].shape[-1]:
+            self.basis = _stream_basis(self.hidden_o, self.hidden_c)
+
+    def in_compressed_basis(self, targets: list) -> list:
+        """Original hidden states mapped into a sliced stream's basis (when widths differ)."""
+        if self.basis is None or targets[0].shape[-1] != self.basis.shape[0]:
+            return targets
+        return [t @ self.basis for t in targets]
 
     def original_outputs(self, original: Block) -> list:
         """The original block's outputs from the original model's own hidden states."""
         with torch_module().no_grad():
-            if self.hidden_o is None:
-                self.hidden_o = [self.original.evaluate([original.input], f)[0] for f in self.feeds_o]
             return [self.original.evaluate([original.output], {**f, original.input: x})[0]
                     for f, x in zip(self.feeds_o, self.hidden_o)]
 
     def block_output(self, segment: Block, index: int):
         feeds = self.feeds_c[index]
-        if self.hidden_c is None:
-            with torch_module().no_grad():
-                self.hidden_c = [self.compressed.evaluate([segment.input], f)[0] for f in self.feeds_c]
         return self.compressed.evaluate([segment.output], {**feeds, segment.input: self.hidden_c[index]})[0]
 
     def block_loss(self, segment: Block, index: int, target):
@@ -134,6 +153,22 @@ def _kept_part(segment: Block, outputs: list) -> list:
     return [t.index_select(axis, index.to(t.device)) for t in outputs]
 
 
+def _stream_basis(original: list, compressed: list, *, rows: int = 16384):
+    """M with x_c = x_o·M at the first block's input: the rotation-and-slice of a sliced stream
+    (SliceRowsColumns' shared rotation), fitted by least squares and required to be exact."""
+    torch = torch_module()
+    x_o = torch.cat([t.reshape(-1, t.shape[-1]) for t in original])[:rows].double()
+    x_c = torch.cat([t.reshape(-1, t.shape[-1]) for t in compressed])[:rows].double()
+    basis = torch.linalg.lstsq(x_o, x_c).solution
+    residual = float(torch.linalg.norm(x_o @ basis - x_c) / torch.linalg.norm(x_c).clamp_min(1e-12))
+    if residual > 1e-3:
+        raise StructureError(
+            f"the compressed model's hidden state ({x_c.shape[1]} wide) is no linear map of the original's "
+            f"({x_o.shape[1]} wide; residual {residual:.2g}): Reconstruct cannot say what each block should output"
+        )
+    return basis.to(original[0].dtype)
+
+
 def _matched_segments(model: ir.Model, reference: ir.Model) -> tuple[list[Block], list[Block]]:
     segments, originals = find_segments(model), find_segments(reference)
     if len(segments) != len(originals):
@@ -145,12 +180,12 @@ def _matched_segments(model: ir.Model, reference: ir.Model) -> tuple[list[Block]
 
 
 def _check_widths(run: _Runs, segment: Block, targets: list) -> None:
-    """Refuse blocks whose output changed shape (a sliced hidden state has no original to match)."""
+    """Refuse blocks whose output has a shape no target can be mapped to."""
     with torch_module().no_grad():
         got = tuple(run.block_output(segment, 0).shape)
     if got != tuple(targets[0].shape):
         raise StructureError(
-            f"block {segment.index} ({segment.output.name!r}) outputs {list(got)} but the original "
-            f"{list(targets[0].shape)}: Reconstruct fits blocks whose output keeps its shape "
-            "(run it after sparsity or channel crop, not after SliceRowsColumns)"
+            f"block {segment.index} ({segment.output.name!r}) outputs {list(got)} but its target is "
+            f"{list(targets[0].shape)}: Reconstruct fits blocks whose output keeps its shape, its kept "
+            "channels, or the sliced basis of the first block's input"
         )

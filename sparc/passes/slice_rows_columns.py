@@ -49,6 +49,8 @@ from sparc.passes.base import SparcPass, choice, integer, number, register
 
 logger = logging.getLogger(__name__)
 
+ROTATION_KEY = "sparc.stream_rotation"  # model metadata: how the sliced stream was rotated
+
 
 @register
 class SliceRowsColumns(SparcPass):
@@ -137,6 +139,7 @@ class SliceRowsColumns(SparcPass):
             tied=tied if keep_tied else None,
         )
         shortcuts = sum(1 for a, b in zip(rotations, rotations[1:]) if a is not b)
+        model.metadata_props[ROTATION_KEY] = self.rotation
         self.details.update(
             {
                 "norm": kind,
