@@ -25,6 +25,7 @@ CASES: dict[str, tuple[str, list]] = {
     "SliceRowsColumns-smollm2": ("smollm2", PASS_RECIPES["SliceRowsColumns"]),
     "NMSparsity-smollm2": ("smollm2", PASS_RECIPES["NMSparsity"]),
     "ChannelCrop-mnist": ("mnist", PASS_RECIPES["ChannelCrop"]),
+    "RecalibrateNorms-mnist": ("mnist", [{"ChannelCrop": {"ratio": 0.25}}, "RecalibrateNorms"]),
 }
 
 

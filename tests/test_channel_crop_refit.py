@@ -50,8 +50,8 @@ def test_refined_crop_of_a_fixed_batch_mbconv():
     compiled = sparc.compile(module, example_inputs={"x": torch.from_numpy(data[0]["x"])}, calibration=data,
                              recipe=[ChannelCrop(ratio=0.25, round_to=1, **REFINED)], latency_rounds=0)
     assert compiled.model.graph.inputs[0].shape[0] == 4  # the batch stayed fixed
-    choice = compiled.report.passes[-1].details["refinement"]
-    assert choice["reconstruct"] < choice["none"]
+    rounds = compiled.report.passes[-1].details["refinement"]
+    assert any(choice["reconstruct"] < choice["none"] for choice in rounds)
     assert compiled.report.final.params < compiled.report.original.params
     want = module(torch.from_numpy(data[0]["x"])).detach().numpy()
     assert compiled(data[0]).shape == want.shape
@@ -87,7 +87,7 @@ def test_refit_of_a_1x1_conv_sharing_its_input_with_a_3x3_conv():
                              recipe=[ChannelCrop(ratio=0.5, round_to=1, reconstruct=True)])
     details = compiled.report.passes[-1].details
     assert "stem: 32 -> 16" in details["pruned"]
-    assert details["refinement"]["reconstruct"] < details["refinement"]["none"]
+    assert any(choice["reconstruct"] < choice["none"] for choice in details["refinement"])
 
 
 def test_efficientnet_lite0_fixed_batch_refined_crop():
@@ -97,7 +97,7 @@ def test_efficientnet_lite0_fixed_batch_refined_crop():
     calib = net.batches(images, 4)
     compiled = sparc.compile(net.module, example_inputs=zoo.torch_inputs(calib[0]), calibration=calib,
                              recipe=[ChannelCrop(ratio=0.1, **REFINED)], latency_rounds=0)
-    choice = compiled.report.passes[-1].details["refinement"]
-    assert choice["chosen"] != "none" and choice[choice["chosen"]] < choice["none"]
+    rounds = compiled.report.passes[-1].details["refinement"]
+    assert any(c["chosen"] != "none" and c[c["chosen"]] < c["none"] for c in rounds)
     assert compiled.report.final.macs < compiled.report.original.macs
     assert compiled(calib[0]).shape == (4, 1000)

@@ -241,3 +241,16 @@ def test_recalibrate_norms_refits_folded_layers(mnist_cropped):
     assert recovered.report.passes[-1].details["kind"] == "folded per-channel scale and shift"
     assert recovered.report.passes[-1].details["recalibrated"] == 4  # both convs, both linear layers
     assert _accuracy(recovered, test, labels) >= _accuracy(cropped, test, labels)
+
+
+def test_channel_crop_calibrates_block_by_block(minilm_ir, minilm_batches):
+    """Block 0's heads and FFN units are chosen from the same statistics either way; later
+    blocks see the cropped ones before them."""
+    crops = [sparc.compile(minilm_ir, calibration=minilm_batches, latency_rounds=0,
+                           recipe=[ChannelCrop(ratio=0.25, importance="activation", sequential=flag)])
+             .report.passes[-1].details for flag in (True, False)]
+    assert crops[0]["calibration"] == "sequential, 6 blocks"
+    assert crops[1]["calibration"] == "one pass (sequential=False)"
+    assert len(crops[0]["pruned"]) == len(crops[1]["pruned"]) == 12  # heads and FFN of 6 blocks
+    block0 = [p for p in crops[1]["pruned"] if ".0." in p.split(":")[0]]
+    assert block0 and all(p in crops[0]["pruned"] for p in block0)

@@ -20,7 +20,12 @@ heads). Blocked groups are left alone and reported with the reason. For each pru
    [W'; Δb] = E[f fᵀ]⁻¹·E[f xᵀ]·W, so they best reproduce their original outputs; only
    where calibration gives at least 4 rows per unknown (else the fit follows noise). Each
    refinement asked for is tried on a copy and kept only if it lowers the model's output
-   error on calibration batches (the report says which won).
+   error on calibration batches (the report lists each round's errors and choice).
+4. With calibration (activation importance or a refinement), groups are planned block by
+   block (``analysis.blocks.find_segments``): the groups produced in block l get their
+   statistics from the model whose earlier blocks are already cropped and refined; groups
+   produced outside every block come last. ``sequential=False``, ``global_ranking`` (which
+   compares all groups at once) or a model without blocks: one round over every group.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from sparc.analysis.blocks import find_segments, nodes_between
 from sparc.analysis.channels import ChannelGroup, Space, find_channel_groups
 from sparc.data import CalibrationData, synthetic_feeds
-from sparc.errors import RecipeError
+from sparc.errors import RecipeError, StructureError
 from sparc.ir_utils import constant_array, copy_model
 from sparc.measure.cost import observed_shapes
 from sparc.measure.execute import collect, run_batches
@@ -68,6 +74,7 @@ class ChannelCrop(SparcPass):
         skip=None,
         bias_compensation: bool = False,
         reconstruct: bool = False,
+        sequential: bool = True,
         **common,
     ):
         super().__init__(**common)
@@ -79,6 +86,7 @@ class ChannelCrop(SparcPass):
         self.skip = patterns(self, "skip", skip)
         self.bias_compensation = bool(bias_compensation)
         self.reconstruct = bool(reconstruct)
+        self.sequential = bool(sequential)
         if self.global_ranking and isinstance(self.ratio, dict):
             raise RecipeError(f"{self.name}: global_ranking takes one ratio, not per-layer ratios")
 
@@ -87,25 +95,67 @@ class ChannelCrop(SparcPass):
         return self.importance == "activation" or self.bias_compensation or self.reconstruct
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        rounds = self._rounds(model)
+        self.details["pruned"] = []
+        self._considered: set[str] = set()
+        modified = False
+        for index, nodes in enumerate(rounds):
+            modified |= self._crop(model, nodes, first=index == 0)
+        if not self.details["pruned"]:
+            del self.details["pruned"]
+        return ir.passes.PassResult(model, modified=modified)
+
+    def _rounds(self, model: ir.Model) -> list[dict[ir.Node, int] | None]:
+        """Block by block (step 4 of the module docstring), or one round over every group."""
+        if not self.needs_calibration:
+            return [None]
+        reason = "sequential=False" if not self.sequential else None
+        if self.sequential and self.global_ranking:
+            reason = "global_ranking compares every group's scores at once"
+        if reason is None:
+            try:
+                segments = find_segments(model)
+            except StructureError as exc:
+                reason = f"no blocks: {exc}"
+        if reason is not None:
+            self.details["calibration"] = f"one pass ({reason})"
+            return [None]
+        self.details["calibration"] = f"sequential, {len(segments)} blocks"
+        return [{node: 0 for node in nodes_between(s.input, s.output)} for s in segments] + [None]
+
+    def _crop(self, model: ir.Model, nodes: dict[ir.Node, int] | None, *, first: bool) -> bool:
+        """One round: the groups with a producing layer in ``nodes`` (None: all groups left)."""
         feeds = self._probe_feeds(model)
         shapes = observed_shapes(model, list(model.graph), feeds)
         groups = find_channel_groups(model, shapes)
-        candidates = [g for g in groups if g.prunable and not self._skipped(g)]
-        self.details["groups"] = len(groups)
-        self.details["blocked"] = [_describe_blocked(g) for g in groups if g.blocked]
+        if first:
+            self.details["groups"] = len(groups)
+            self.details["blocked"] = [_describe_blocked(g) for g in groups if g.blocked]
+        candidates = [g for g in groups if g.prunable and not self._skipped(g) and self._in_round(g, nodes)]
+        self._considered.update(name for g in candidates for name in g.producers)
+        if not candidates:
+            return False
         stats = self._consumer_stats(model, candidates) if self.needs_calibration else {}
         plan = self._plan(candidates, stats)
         if not plan:
-            return ir.passes.PassResult(model, modified=False)
+            return False
         removed = {group.index: units for group, units in plan}
         refinement = self._choose_refinement(model, shapes, removed, stats)
         apply_plan(model.graph, plan, stats, *REFINEMENTS[refinement])
         RemoveUnusedNodesPass()(model)
-        self.details["pruned"] = [
+        self.details["pruned"] += [
             f"{g.producers[0] if g.producers else g.index}: {len(g.units)} -> {len(g.units) - len(r)}"
             for g, r in plan
         ]
-        return ir.passes.PassResult(model, modified=True)
+        return True
+
+    def _in_round(self, group: ChannelGroup, nodes: dict[ir.Node, int] | None) -> bool:
+        """Whether ``group`` is planned in this round: not planned in an earlier one (known by
+        its producing layers' names, which cuts keep) and, in a block's round, produced in it;
+        the last round (None) takes every group left."""
+        if any(name in self._considered for name in group.producers):
+            return False
+        return nodes is None or any(m.role == "producer" and m.node in nodes for m in group.members)
 
     def _choose_refinement(self, model, shapes, removed, stats) -> str:
         """Of the refinements asked for, the one with the lowest calibration output error.
@@ -131,7 +181,7 @@ class ChannelCrop(SparcPass):
             outputs = run_batches(trial, data, threads=self.threads)
             errors[name] = OutputError.between(outputs, reference, names).mean_rel
         best = min(asked, key=lambda name: errors[name])
-        self.details["refinement"] = {"chosen": best, **{k: round(v, 4) for k, v in errors.items()}}
+        self.details.setdefault("refinement", []).append({"chosen": best, **{k: round(v, 4) for k, v in errors.items()}})
         return best
 
     # -- planning ---------------------------------------------------------------------------

@@ -59,6 +59,8 @@ PASS_RECIPES: dict[str, list] = {
     "UnstructuredSparsity": [{"UnstructuredSparsity": {"density": 0.5, "method": "sparsegpt"}}],
     "FuseSparseOps": [{"NMSparsity": {"n": 2, "m": 4}}, "FuseSparseOps"],
     "TokenRouter": [{"TokenRouter": {"keep": 0.5, "start_block": 1, "router": "norm"}}],
+    "Reconstruct": [{"UnstructuredSparsity": {"density": 0.5}}, {"Reconstruct": {"steps": 10, "eval_every": 5}}],
+    "Distill": [{"UnstructuredSparsity": {"density": 0.5}}, {"Distill": {"steps": 10, "eval_every": 5}}],
 }
 OPERATIONS = ["inspect", "compile"] + [f"pass:{name}" for name in PASS_RECIPES]
 
