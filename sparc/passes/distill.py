@@ -20,35 +20,22 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from sparc.algorithms.recovery import Weights, fit, graph_inputs, micro_batches, split_held_out, trainable_weights
-from sparc.errors import RecipeError, StructureError
+from sparc.errors import StructureError
 from sparc.measure.outputs import measures_of
-from sparc.passes.base import SparcPass, integer, number, register
+from sparc.passes.base import register
+from sparc.passes.recovery_base import RecoveryPass
 from sparc.torch_runtime import TorchGraph, default_device, torch_module
 
 
 @register
-class Distill(SparcPass):
+class Distill(RecoveryPass):
     """End-to-end distillation from the original model (module docstring)."""
 
-    lossless = False
-    needs_calibration = True
-    needs_reference = True
-
-    def __init__(self, *, steps: int = 200, lr: float = 2e-5, batch_size: int = 4, eval_every: int = 20,
-                 patience: int = 3, **common):
-        super().__init__(**common)
-        self.steps = integer(self, "steps", steps, low=1)
-        self.lr = number(self, "lr", lr, low=0.0, open_low=True)
-        self.batch_size = integer(self, "batch_size", batch_size, low=1)
-        self.eval_every = integer(self, "eval_every", eval_every, low=1)
-        self.patience = integer(self, "patience", patience, low=1)
+    default_lr = 2e-5
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if self.reference is None:
-            raise RecipeError("Distill runs inside a pipeline, which gives it the original model")
+        self.prepare()
         torch = torch_module()
-        if self.threads:
-            torch.set_num_threads(self.threads)
         outputs = _trained_outputs(model)
         device = default_device()
         student, teacher = TorchGraph(model.graph, device=device), TorchGraph(self.reference.graph, device=device)
@@ -64,8 +51,7 @@ class Distill(SparcPass):
             got = student.evaluate([model.graph.outputs[i] for i in outputs], graph_inputs(model, student, feeds))
             return sum(_output_loss(outputs[i], y, t) for i, y, t in zip(outputs, got, targets)) / len(outputs)
 
-        result = fit(weights, loss, train, held_out, steps=self.steps, lr=self.lr, eval_every=self.eval_every,
-                     patience=self.patience, description=self.name)
+        result = fit(weights, loss, train, held_out, description=self.name, **self.fit_options())
         if result.improved:
             weights.write_back(model.graph)
         self.details.update({"weights": len(weights.values), "loss_before": round(result.loss_before, 5),

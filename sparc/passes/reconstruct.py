@@ -27,36 +27,20 @@ import onnx_ir as ir
 
 from sparc.algorithms.recovery import Weights, fit, graph_inputs, micro_batches, split_held_out, trainable_weights
 from sparc.analysis.blocks import Block, find_segments, nodes_between
-from sparc.errors import RecipeError, StructureError
-from sparc.passes.base import SparcPass, integer, number, register
+from sparc.errors import StructureError
+from sparc.passes.base import register
 from sparc.passes.channel_edit import kept_channels
+from sparc.passes.recovery_base import RecoveryPass
 from sparc.passes.slice_rows_columns import ROTATION_KEY
 from sparc.torch_runtime import TorchGraph, default_device, torch_module
 
 
 @register
-class Reconstruct(SparcPass):
+class Reconstruct(RecoveryPass):
     """Block-wise reconstruction of a compressed model (module docstring)."""
 
-    lossless = False
-    needs_calibration = True
-    needs_reference = True
-
-    def __init__(self, *, steps: int = 200, lr: float = 1e-3, batch_size: int = 4, eval_every: int = 20,
-                 patience: int = 3, **common):
-        super().__init__(**common)
-        self.batch_size = integer(self, "batch_size", batch_size, low=1)
-        self.steps = integer(self, "steps", steps, low=1)
-        self.lr = number(self, "lr", lr, low=0.0, open_low=True)
-        self.eval_every = integer(self, "eval_every", eval_every, low=1)
-        self.patience = integer(self, "patience", patience, low=1)
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if self.reference is None:
-            raise RecipeError("Reconstruct runs inside a pipeline, which gives it the original model")
-        torch = torch_module()
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        self.prepare()
         if model.metadata_props.get(ROTATION_KEY) == "per_layer":
             raise StructureError(
                 "the residual stream was sliced with per-layer rotations: each block's output is in a "
@@ -84,8 +68,7 @@ class Reconstruct(SparcPass):
             run.compressed.parameters.update(weights.tensors)
             _check_widths(run, segment, targets)
             result = fit(weights, lambda i: run.block_loss(segment, i, targets[i]), run.train, run.held_out,
-                         steps=self.steps, lr=self.lr, eval_every=self.eval_every, patience=self.patience,
-                         description=f"{self.name} block {segment.index}")
+                         description=f"{self.name} block {segment.index}", **self.fit_options())
             if result.improved:
                 weights.write_back(model.graph)
             entry.update(loss_before=round(result.loss_before, 5), loss_after=round(result.loss_after, 5),
