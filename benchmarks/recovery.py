@@ -66,7 +66,7 @@ def _compile(model, recipe, calibration, *, latency=True):
 
 def _row(model: str, compression: str, recovery: str, compiled, quality_value: float, fidelity: str) -> dict:
     report = compiled.report
-    recovery_seconds = sum(e.seconds for e in report.passes if e.name in ("Reconstruct", "Distill"))
+    recovery_seconds = sum(e.seconds for e in report.passes if e.name in ("Reconstruct", "Distill", "RecalibrateNorms"))
     return {
         "model": model, "compression": compression, "recovery": recovery, "quality": round(quality_value, 4),
         "fidelity": fidelity, "params": round(report.final.params / report.original.params, 3),
