@@ -48,10 +48,14 @@ FFN, HEADS = "*.intermediate.dense", "*.attention.self.*"
 
 def crop(heads: float = 0.0, ffn: float = 0.0, importance: str = "activation", refine: bool = True) -> list:
     """ChannelCrop of a fraction of MiniLM's attention heads and FFN units (channels picked by
-    ``importance``; with ``refine``, bias compensation and least-squares refits are tried)."""
+    ``importance``; with ``refine``, bias compensation and least-squares refits are tried).
+
+    Planned in one pass: block by block gave the same quality here (FFN 20%: cosine 0.9818
+    either way) at five times the compile time (154 s instead of 29 s per candidate).
+    """
     ratio = {pattern: r for pattern, r in ((HEADS, heads), (FFN, ffn)) if r}
     return [ChannelCrop(ratio=ratio, importance=importance, bias_compensation=refine, reconstruct=refine,
-                        round_to=1 if heads else 8)]
+                        round_to=1 if heads else 8, sequential=False)]
 
 
 # The recipes the demo tries (benchmarks/demo_recipes.py measures more): the one place to
