@@ -5,9 +5,9 @@ Runs after any compression pass that keeps the blocks' hidden states in the orig
 block output whose channels were cropped is compared with the original's kept channels, as
 the crop noted them), or in one fixed linear map of it: after SliceRowsColumns with its
 shared rotation, x_c = x_o·M with M = Q[:, :k], which is fitted (and required exact) at the
-first block's input and applied to every target. Blocks are the
-transformer blocks, or a CNN's stages between residual joins (``analysis.blocks.find_segments``);
-block i of the compressed model is matched with block i of the original.
+first block's input and applied to every target. Blocks are the transformer blocks, or a
+CNN's stages between residual joins (``analysis.blocks.find_segments``); block i of the
+compressed model is matched with block i of the original.
 
 Block by block, in order, on the calibration batches:
     x_c = the compressed model's input to the block (earlier blocks already reconstructed)
