@@ -19,7 +19,8 @@ Layers, bottom to top; a module imports only from its own layer and those below
 5. ``analysis`` (pure graph analyses, never run a model) and ``ops`` (the ``ai.sparc`` domain)
 6. ``algorithms`` the passes use (sparsity patterns, SparseGPT, the router MLP)
 7. ``passes`` (one per file, ``Pipeline``) and ``backends`` (ONNX Runtime, TVM, targets)
-8. ``compiler`` (``sparc.compile``), ``recipe``, ``report``, ``summary`` (``sparc inspect``)
+8. ``compiler`` (``sparc.compile``), ``tune`` (``sparc.tune``: the fastest model within a quality
+   budget), ``recipe``, ``report``, ``summary`` (``sparc inspect``)
 9. ``cli``
 
 Beside the core and never imported by it: ``sparc.eval``, the evaluation harness (model zoo,
@@ -35,8 +36,10 @@ from sparc.errors import (
     PassError,
     RecipeError,
     SparcError,
+    TuneError,
     UnsupportedModelError,
 )
+from sparc.tune import TuneResult, tune
 
 __version__ = "0.1.0"
 
@@ -48,8 +51,11 @@ __all__ = [
     "PassError",
     "RecipeError",
     "SparcError",
+    "TuneError",
+    "TuneResult",
     "UnsupportedModelError",
     "compile",
     "load",
     "passes",
+    "tune",
 ]

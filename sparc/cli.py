@@ -1,4 +1,4 @@
-"""The ``sparc`` command: compile, inspect, bench, verify, demo.
+"""The ``sparc`` command: compile, tune, inspect, bench, verify, demo.
 
 Errors print one line (``error: ...``) and exit with status 1; ``--verbose`` shows the
 traceback and the library's log.
@@ -80,6 +80,29 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--no-validate", action="store_true", help="skip numerical checks")
     compile_.set_defaults(handler=_compile)
 
+    tune = commands.add_parser("tune", help="find the fastest model within a quality budget, by measurement")
+    tune.add_argument("model", help="ONNX file")
+    tune.add_argument("-o", "--output", required=True, help="output ONNX file (the chosen model)")
+    tune.add_argument("--calib", required=True, help=".npz calibration data; the last batches are held out")
+    tune.add_argument("--max-loss", type=float, required=True,
+                      help="allowed loss on held-out batches (e.g. 0.01: cosine ≥ 0.99 or KL ≤ 0.01)")
+    tune.add_argument("--metric", choices=["cosine", "kl", "top1", "error"],
+                      help="loss measure (default: cosine for embeddings, KL for logits, per output)")
+    tune.add_argument("--batch-size", type=int, default=8, help="calibration batch size")
+    tune.add_argument("--backend", default="onnxruntime", help="backend (onnxruntime or tvm)")
+    tune.add_argument("--target", default="cpu", help="target (default cpu)")
+    tune.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    tune.add_argument("--passes", nargs="+", help="pass families to search (default: all the model allows)")
+    tune.add_argument("--time-budget", default="15m", help="search time, e.g. 900, 15m, 1h (default 15m)")
+    tune.add_argument("--trials", type=int, help="stop after this many candidates")
+    tune.add_argument("--latency-batch", type=int, help="time on this many rows of a held-out batch")
+    tune.add_argument("--store", help="trial store file: a rerun with the same store resumes the search")
+    tune.add_argument("--report", help="write the markdown report here")
+    tune.add_argument("--json", help="write the JSON result here")
+    tune.add_argument("--recipe-out", help="write the chosen recipe (YAML, for sparc compile --recipe) here")
+    tune.add_argument("--plot", help="write a PNG of the measured front here (needs matplotlib)")
+    tune.set_defaults(handler=_tune)
+
     inspect_ = commands.add_parser("inspect", help="op histogram, size, MACs, layer sparsity")
     inspect_.add_argument("model", help="ONNX file")
     inspect_.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
@@ -139,6 +162,36 @@ def _compile(args) -> int:
     print(compiled.report.to_markdown())
     print(f"wrote {output}")
     return 0
+
+
+def _tune(args) -> int:
+    from rich.console import Console
+
+    from sparc.tune import parse_duration, tune
+
+    output = Path(args.output)
+    _check_writable(output, args.report, args.json, args.recipe_out, args.plot, args.store)
+    calibration = as_calibration(args.calib, load_onnx(args.model), batch_size=args.batch_size)
+    console = Console(stderr=True)
+    with console.status("tuning") as status:
+        result = tune(args.model, calibration=calibration, max_loss=args.max_loss, metric=args.metric,
+                      backend=args.backend, target=args.target, threads=args.threads, passes=args.passes,
+                      time_budget=parse_duration(args.time_budget), trials=args.trials, store=args.store,
+                      latency_batch=args.latency_batch, progress=lambda p: status.update(_progress_line(p)))
+    result.compiled.export(output)
+    result.write(args.report, args.recipe_out, args.plot)
+    if args.json:
+        write_atomic(args.json, json.dumps(result.to_dict(), indent=2, default=str))
+    print(result.to_markdown())
+    print(f"wrote {output}")
+    return 0
+
+
+def _progress_line(progress) -> str:
+    best = (f"best {progress.best_speedup:.2f}× at loss {progress.best_loss:.4g}" if progress.best_speedup
+            else "none within budget yet")
+    budget = f" of {progress.budget:.0f} s" if progress.budget else ""
+    return f"{progress.phase}: {progress.trials} candidates, {best} ({progress.elapsed:.0f} s{budget})"
 
 
 def _check_writable(*paths) -> None:

@@ -57,3 +57,7 @@ class RecipeError(SparcError):
 
 class BackendError(SparcError):
     """A backend could not build, run or export the model."""
+
+
+class TuneError(SparcError):
+    """``sparc.tune`` was given options it cannot search with (budget, metric, data, store)."""

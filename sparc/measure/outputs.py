@@ -37,7 +37,7 @@ TOLERANCES = {
     "target": 1e-3,  # onnxruntime-web / aarch64 ONNX Runtime against Python ONNX Runtime
 }
 MEASURES = ("cosine", "logits", "probabilities", "log_probabilities", "exact")
-_KL_MEASURES = ("logits", "probabilities", "log_probabilities")
+KL_MEASURES = ("logits", "probabilities", "log_probabilities")
 _TRANSPARENT_OPS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "Transpose"}
 _LINEAR_OPS = {"MatMul", "Gemm"}
 _EPSILON = 1e-12
