@@ -25,6 +25,7 @@ from sparc.errors import SparcError
 from sparc.files import write_atomic
 from sparc.measure.latency import compare
 from sparc.summary import summarize
+from sparc.tune import parse_duration, tune
 
 EXIT_ERROR = 1
 
@@ -166,8 +167,6 @@ def _compile(args) -> int:
 
 def _tune(args) -> int:
     from rich.console import Console
-
-    from sparc.tune import parse_duration, tune
 
     output = Path(args.output)
     _check_writable(output, args.report, args.json, args.recipe_out, args.plot, args.store)

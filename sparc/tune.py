@@ -51,6 +51,7 @@ from sparc.errors import SparcError, StructureError, TuneError
 from sparc.files import write_atomic
 from sparc.measure.cost import observed_shapes
 from sparc.measure.outputs import KL_MEASURES, OutputError, measures_of
+from sparc.passes.channel_crop import probe_feeds
 from sparc.runtime import OrtRunner
 
 logger = logging.getLogger(__name__)
@@ -506,13 +507,12 @@ def _space(model: ir.Model, data: CalibrationData, settings: Settings, families:
 
 
 def _prunable_groups(model: ir.Model, data: CalibrationData) -> list[Group]:
-    feeds = data.batches[0]
-    groups = find_channel_groups(model, observed_shapes(model, list(model.graph), feeds))
+    groups = find_channel_groups(model, observed_shapes(model, list(model.graph), probe_feeds(model, data)))
     return [Group(g.producers[0], _kind(g), len(g.units)) for g in groups if g.prunable and g.producers]
 
 
 def _kind(group: ChannelGroup) -> str:
-    width = min((len(indices) for indices in group.units[0].values()), default=1)
+    width = max((len(indices) for indices in group.units[0].values()), default=1)
     return "heads" if width > 1 else "units"
 
 

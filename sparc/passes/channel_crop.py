@@ -125,7 +125,7 @@ class ChannelCrop(SparcPass):
 
     def _crop(self, model: ir.Model, nodes: dict[ir.Node, int] | None, *, first: bool) -> bool:
         """One round: the groups with a producing layer in ``nodes`` (None: all groups left)."""
-        feeds = self._probe_feeds(model)
+        feeds = probe_feeds(model, self.calibration)
         shapes = observed_shapes(model, list(model.graph), feeds)
         groups = find_channel_groups(model, shapes)
         if first:
@@ -186,17 +186,6 @@ class ChannelCrop(SparcPass):
 
     # -- planning ---------------------------------------------------------------------------
 
-    def _probe_feeds(self, model: ir.Model) -> dict[str, np.ndarray]:
-        """Inputs to read shapes from: one sample (batch 1, so batch and head axes never
-        merge) of the first calibration batch, or made-up inputs without calibration.
-
-        An input whose batch size the model fixes keeps its whole batch: ONNX Runtime
-        rejects any other size.
-        """
-        if not (self.calibration is not None and len(self.calibration)):
-            return synthetic_feeds(model, batch=1, seq=16)
-        fixed = {value.name for value in model.graph.inputs if _fixed_batch(value)}
-        return {k: v if k in fixed else v[:1] for k, v in self.calibration.batches[0].items()}
 
     def _skipped(self, group: ChannelGroup) -> bool:
         return any(fnmatch.fnmatch(name, p) for name in group.producers for p in self.skip)
@@ -290,6 +279,19 @@ class ChannelCrop(SparcPass):
         reducers = {name: [s.channels] + ([s.gram] if s.gram else []) for name, s in stats.items()}
         collect(model, reducers, self.calibration, threads=self.threads, description=self.name)
         return stats
+
+
+def probe_feeds(model: ir.Model, calibration: CalibrationData | None) -> dict[str, np.ndarray]:
+    """Inputs to read channel groups' shapes from: one sample (batch 1, so batch and head axes
+    never merge) of the first calibration batch, or made-up inputs without calibration.
+
+    An input whose batch size the model fixes keeps its whole batch: ONNX Runtime rejects any
+    other size.
+    """
+    if not (calibration is not None and len(calibration)):
+        return synthetic_feeds(model, batch=1, seq=16)
+    fixed = {value.name for value in model.graph.inputs if _fixed_batch(value)}
+    return {k: v if k in fixed else v[:1] for k, v in calibration.batches[0].items()}
 
 
 def _fixed_batch(value: ir.Value) -> bool:
