@@ -3,12 +3,15 @@
 1. **Space**, read from the graph: the channel groups ChannelCrop can shrink (kind ``units``:
    FFN units, conv channels; kind ``heads``: attention heads), stream slicing where the model
    is a pre-norm transformer, 16×1 blocks (SparseGPT) on the TVM backend, and Reconstruct
-   where torch is installed and the model has blocks. ``passes`` restricts these families.
+   where torch is installed and the model has blocks, and token routing (a learned router
+   keeping a fraction of the tokens from a late block on) where the model has attention
+   blocks. ``passes`` restricts these families.
 2. **Sensitivity**, the cheap model, measured once: each group alone loses half its units
    (activation importance, no refinement); its loss on the held-out batches is s_g.
 3. **Candidates**: an Optuna sampler (multi-objective TPE, speedup up and loss down, with the
    constraint loss ≤ max_loss) proposes a ratio r_k per kind, an allocation strength
-   α ∈ [0, 1], the stream ratio, the block density and whether to reconstruct. Per group the
+   α ∈ [0, 1], the stream ratio, the block density, whether to reconstruct, and the routed
+   fraction and first routed block. Per group the
    ratio is r_g = clip(r_k·(1 − α·z_g), 0, 0.9), z_g = the group's log-sensitivity minus its
    kind's mean, divided by the largest |z| of the kind: at α = 1 the least sensitive group
    loses up to 2·r_k units and the most sensitive none (OWL-style, from measured error).
@@ -41,7 +44,7 @@ import numpy as np
 import onnx_ir as ir
 import yaml
 
-from sparc.analysis.blocks import find_segments
+from sparc.analysis.blocks import find_blocks, find_segments
 from sparc.analysis.channels import ChannelGroup, find_channel_groups
 from sparc.analysis.transformer import find_transformer
 from sparc.capture import capture
@@ -56,7 +59,7 @@ from sparc.runtime import OrtRunner
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("ChannelCrop", "SliceRowsColumns", "BlockSparsity", "Reconstruct")
+FAMILIES = ("ChannelCrop", "SliceRowsColumns", "BlockSparsity", "Reconstruct", "TokenRouter")
 METRICS = ("cosine", "kl", "top1", "error")
 KINDS = ("units", "heads")
 PROBE_RATIO = 0.5
@@ -64,6 +67,7 @@ MAX_RATIO = 0.9
 RATIO_RANGE = {"units": 0.6, "heads": 0.5}
 STREAM_RANGE = 0.4
 BLOCK_DENSITIES = (1.0, 0.5, 0.3, 0.2, 0.1)
+ROUTE_KEEP = (1.0, 0.9, 0.8, 0.7)
 RECONSTRUCT_STEPS = 50
 DEFAULT_TIME_BUDGET = 15 * 60.0
 STARTUP_TRIALS = 4
@@ -116,6 +120,7 @@ class Space:
     stream: bool
     blocks: bool
     reconstruct: bool
+    routing: int = 0  # attention blocks TokenRouter can route around (0: not applicable)
 
     def kinds(self) -> list[str]:
         return [k for k in KINDS if any(g.kind == k for g in self.groups)]
@@ -132,6 +137,9 @@ class Space:
             params["block_density"] = trial.suggest_categorical("block_density", BLOCK_DENSITIES)
         if self.reconstruct:
             params["reconstruct"] = trial.suggest_categorical("reconstruct", (False, True))
+        if self.routing:
+            params["route_keep"] = trial.suggest_categorical("route_keep", ROUTE_KEEP)
+            params["route_start"] = trial.suggest_int("route_start", self.routing // 2, self.routing - 1)
         return params
 
     def ratios(self, params: Mapping[str, Any]) -> dict[str, float]:
@@ -168,6 +176,9 @@ class Space:
                                              "method": "sparsegpt"}})
         if passes and params.get("reconstruct"):
             passes.append({"Reconstruct": {"steps": RECONSTRUCT_STEPS}})
+        if params.get("route_keep", 1.0) < 1.0:
+            passes.append({"TokenRouter": {"keep": float(params["route_keep"]),
+                                           "start_block": int(params["route_start"]), "router": "learned"}})
         return passes
 
 
@@ -318,6 +329,8 @@ def describe(recipe: Sequence[Mapping]) -> str:
             words.append(f"slice stream {options['ratio']:.2f}")
         elif name == "BlockSparsity":
             words.append(f"16×1 blocks d{options['density']:g}")
+        elif name == "TokenRouter":
+            words.append(f"route keep {options['keep']:g} from block {options['start_block']}")
         else:
             words.append(name)
     return ", ".join(words)
@@ -491,7 +504,7 @@ def _space(model: ir.Model, data: CalibrationData, settings: Settings, families:
     stored = study.user_attrs.get("space")
     if stored is not None:
         return Space([Group(**g) for g in stored["groups"]], stored["stream"], stored["blocks"],
-                     stored["reconstruct"])
+                     stored["reconstruct"], stored["routing"])
     groups = _prunable_groups(model, data) if "ChannelCrop" in families else []
     for index, group in enumerate(groups):
         report([], f"sensitivity {index + 1}/{len(groups)}")
@@ -501,6 +514,7 @@ def _space(model: ir.Model, data: CalibrationData, settings: Settings, families:
         stream="SliceRowsColumns" in families and _has(find_transformer, model),
         blocks="BlockSparsity" in families and settings.backend == "tvm",
         reconstruct="Reconstruct" in families and _torch_available() and _has(find_segments, model),
+        routing=len(find_blocks(model)) if "TokenRouter" in families and _has(find_blocks, model) else 0,
     )
     study.set_user_attr("space", dataclasses.asdict(space))
     return space
@@ -561,6 +575,8 @@ def _first_candidate(space: Space) -> dict[str, Any]:
         params["block_density"] = 1.0 if space.groups else 0.5
     if space.reconstruct:
         params["reconstruct"] = False
+    if space.routing:
+        params["route_keep"], params["route_start"] = 1.0, space.routing - 1
     return params
 
 
