@@ -25,7 +25,7 @@ from sparc.errors import SparcError
 from sparc.files import write_atomic
 from sparc.measure.latency import compare
 from sparc.summary import summarize
-from sparc.tune import parse_duration, tune
+from sparc.tune import parse_duration, require_matplotlib, tune
 
 EXIT_ERROR = 1
 
@@ -170,6 +170,8 @@ def _tune(args) -> int:
 
     output = Path(args.output)
     _check_writable(output, args.report, args.json, args.recipe_out, args.plot, args.store)
+    if args.plot:
+        require_matplotlib()
     calibration = as_calibration(args.calib, load_onnx(args.model), batch_size=args.batch_size)
     console = Console(stderr=True)
     with console.status("tuning") as status:

@@ -257,10 +257,7 @@ class TuneResult:
 
     def plot(self, path: str | Path) -> Path:
         """Write a PNG of speedup against loss: every candidate, the front, the budget, the choice."""
-        try:
-            import matplotlib
-        except ImportError:
-            raise TuneError("plotting the front needs matplotlib: pip install matplotlib") from None
+        matplotlib = require_matplotlib()
         matplotlib.use("Agg")
         from matplotlib import pyplot
 
@@ -676,6 +673,15 @@ def _reporter(progress, start: float, budget: float | None):
             progress(state)
 
     return report
+
+
+def require_matplotlib():
+    """The matplotlib module, or a TuneError saying how to get it (it is not a core dependency)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise TuneError("plotting the front needs matplotlib: pip install matplotlib") from None
+    return matplotlib
 
 
 def parse_duration(text: str) -> float:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import tomllib
@@ -72,3 +73,34 @@ def test_inspect_and_compile_an_onnx_file_with_core_dependencies_only(core_venv,
     assert "cos " in compiled.stdout  # the embedding's fidelity
     onnx.checker.check_model(str(out))
     assert out.stat().st_size < minilm_path.stat().st_size
+
+
+def _mlp_file(path: Path) -> Path:
+    """x[batch, 32] → MatMul 32×128 → Relu → MatMul 128×8, made with onnx.helper (no torch)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) / 8, n)
+               for n, s in (("w1", (32, 128)), ("w2", (128, 8)))]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")],
+        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_tune_runs_with_core_dependencies_only(core_venv, tmp_path):
+    model = _mlp_file(tmp_path / "mlp.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((96, 32)).astype(np.float32))
+    out = tmp_path / "tuned.onnx"
+    tuned = _run([core_venv / "bin" / "sparc", "tune", model, "--calib", tmp_path / "calib.npz", "--batch-size", "16",
+                  "--max-loss", "0.05", "--trials", "2", "--time-budget", "5m", "-o", out,
+                  "--recipe-out", tmp_path / "recipe.yaml"], cwd=tmp_path)
+    assert tuned.returncode == 0, tuned.stderr
+    assert "# sparc tune" in tuned.stdout and "## Candidates measured" in tuned.stdout
+    onnx.checker.check_model(str(out))
+    plotted = _run([core_venv / "bin" / "sparc", "tune", model, "--calib", tmp_path / "calib.npz", "--max-loss", "0.05",
+                    "--trials", "1", "-o", out, "--plot", tmp_path / "front.png"], cwd=tmp_path)
+    assert plotted.returncode == 1 and "needs matplotlib" in plotted.stderr
