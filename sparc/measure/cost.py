@@ -40,20 +40,34 @@ class ModelStats:
     unknown_mac_nodes: list[str] = dataclasses.field(default_factory=list)
 
 
-def is_parameter(value: ir.Value) -> bool:
-    """A floating-point initializer with data."""
-    return value.const_value is not None and value.const_value.dtype.is_floating_point()
+_QUANTIZED = {ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT4, ir.DataType.UINT4}
+
+
+def is_parameter_type(dtype: ir.DataType | None) -> bool:
+    """Floating point, or the 8/4-bit integers quantized weights are stored in (int32/int64
+    tensors are shapes, axes and indices, not parameters)."""
+    return dtype is not None and (dtype.is_floating_point() or dtype in _QUANTIZED)
 
 
 def count_params(graph: ir.Graph) -> tuple[int, int]:
-    """(parameters, non-zero parameters) over the floating-point initializers of ``graph``."""
+    """(parameters, non-zero parameters): the elements of every initializer and ``Constant``
+    node tensor (paddle2onnx and others keep weights there) of a parameter type."""
     total = nonzero = 0
-    for value in graph.initializers.values():
-        if is_parameter(value):
-            array = value.const_value.numpy()
+    for tensor in _constant_tensors(graph):
+        if is_parameter_type(tensor.dtype):
+            array = tensor.numpy()
             total += array.size
             nonzero += int(np.count_nonzero(array))
     return total, nonzero
+
+
+def _constant_tensors(graph: ir.Graph):
+    for value in graph.initializers.values():
+        if value.const_value is not None:
+            yield value.const_value
+    for node in graph:
+        if node.op_type == "Constant" and node.domain == "" and "value" in node.attributes:
+            yield node.attributes["value"].as_tensor()
 
 
 def model_bytes(model: ir.Model) -> int:
