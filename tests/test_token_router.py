@@ -233,3 +233,19 @@ def test_routed_minilm_gives_the_same_outputs_in_onnxruntime_web(minilm_ir, padd
     assert set(got) == set(expected)
     for name, array in expected.items():
         np.testing.assert_allclose(got[name], array, rtol=1e-4, atol=1e-5)
+
+
+def test_routed_graph_output_keeps_its_type_on_a_legacy_export_without_value_info(tmp_path):
+    """paraphrase-MiniLM-L3 from a pip wheel (legacy exporter, no value_info): its token
+    embeddings are a graph output written by the last routed block; after routing that output
+    still declares its type and the exported file passes the full ONNX check."""
+    import onnx
+
+    minilm = zoo.minilm()
+    batches = minilm.batches(datasets.lee_background()[:24], 8, seq=64)
+    compiled = sparc.compile(str(zoo.paraphrase_minilm_onnx()), calibration=batches,
+                             recipe=[TokenRouter(keep=0.5, start_block=1)], latency_rounds=0)
+    path = compiled.export(tmp_path / "routed.onnx")
+    onnx.checker.check_model(str(path), full_check=True)
+    outputs = {o.name: o for o in onnx.load(str(path)).graph.output}
+    assert outputs["onnx::Shape_422"].type.tensor_type.elem_type == onnx.TensorProto.FLOAT

@@ -230,7 +230,9 @@ class RouterOps:
         pairs = self.op("Concat", self.op("Unsqueeze", rows, self.i64([2])),
                         self.op("Unsqueeze", order, self.i64([2])), axis=2)
         merged = self.op("ScatterND", hidden, pairs, end)
-        merged.shape, merged.type = hidden.shape, hidden.type
+        # the full-length value: hidden's type, or the routed output's own (a graph output always
+        # declares one; exporters that write no value_info leave hidden's unknown)
+        merged.shape, merged.type = hidden.shape or end.shape, hidden.type or end.type
         for use in readers:
             use.node.replace_input_with(use.idx, merged)
         if end.is_graph_output():
