@@ -361,3 +361,30 @@ def test_channel_crop_on_a_legacy_exported_minilm_from_a_pip_package():
     fidelity = {o.name: o for o in compiled.report.error.outputs}
     assert all(o.mismatched == 0 for o in fidelity.values() if o.exact)
     assert min(o.cosine for o in fidelity.values() if not o.exact) > 0.3
+
+
+def test_passes_say_why_they_skip_layers_with_int8_weights_dequantized_in_the_graph():
+    """int8 initializers turned into float by Cast × scale (as int8-weight exports write them):
+    ChannelCrop and the fine-grained passes leave those layers alone and say why."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sparc.passes import NMSparsity
+
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+    for name, shape in (("w1", (16, 64)), ("w2", (64, 8))):
+        inits += [numpy_helper.from_array(rng.integers(-127, 127, shape).astype(np.int8), f"{name}_q"),
+                  numpy_helper.from_array(np.float32(0.01), f"{name}_scale")]
+        nodes += [helper.make_node("Cast", [f"{name}_q"], [f"{name}_f"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", [f"{name}_f", f"{name}_scale"], [name])]
+    nodes += [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+              helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
+    graph = helper.make_graph(nodes, "int8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    batches = [{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(3)]
+    for recipe in ([ChannelCrop(ratio=0.5, importance="activation")], [NMSparsity(n=2, m=4, method="wanda")]):
+        entry = sparc.compile(model, calibration=batches, recipe=recipe, latency_rounds=0).report.passes[0]
+        assert not entry.modified
+        assert "2 layers take weights computed in the graph" in entry.details["skipped"]
+        assert "'up' (weight from Mul)" in entry.details["skipped"]

@@ -70,6 +70,37 @@ def find_linear_layers(graph: ir.Graph) -> list[LinearLayer]:
     return layers
 
 
+_WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+_DEQUANTIZING_OPS = {"Cast", "Mul", "Sub", "DequantizeLinear", "Transpose", "Reshape", "Identity"}
+
+
+def computed_weights(graph: ir.Graph) -> list[str]:
+    """MatMul/Gemm/Conv nodes whose weight is computed in the graph from initializers (int8
+    weights dequantized by Cast × scale or DequantizeLinear): ``'node' (weight from Op)``.
+    sparc's passes edit initializer weights, so these layers are left alone; passes say so."""
+    found = []
+    for node in graph:
+        if node.domain != "" or node.op_type not in _WEIGHT_OPS or len(node.inputs) < 2:
+            continue
+        weight = node.inputs[1]
+        producer = weight.producer() if weight is not None else None
+        if producer is not None and _constant_derived(weight, depth=6):
+            found.append(f"{node.name or node.outputs[0].name!r} (weight from {producer.op_type})")
+    return found
+
+
+def _constant_derived(value: ir.Value | None, depth: int) -> bool:
+    """Whether ``value`` is computed only from initializers and constants by dequantizing ops."""
+    if value is None or value.const_value is not None:
+        return value is not None
+    producer = value.producer()
+    if producer is None or depth == 0:
+        return False
+    if producer.op_type == "Constant":
+        return True
+    return producer.op_type in _DEQUANTIZING_OPS and all(_constant_derived(v, depth - 1) for v in producer.inputs)
+
+
 def _as_linear(node: ir.Node) -> LinearLayer | None:
     if node.domain != "" or len(node.inputs) < 2:
         return None
