@@ -419,7 +419,8 @@ def tune(
     objective = _objective(space, ir_model, data, settings, max_loss)
     count = _remaining_trials(study, trials)
     if not study.trials:
-        study.enqueue_trial(_first_candidate(space))
+        for seed in _seeds(space, max_loss):
+            study.enqueue_trial(seed)
     remaining = None if time_budget is None else max(time_budget - (time.perf_counter() - start), 1.0)
     study.optimize(objective, n_trials=count, timeout=remaining,
                    callbacks=[lambda s, t: report(_records(s, max_loss), "searching")])
@@ -561,15 +562,54 @@ def _torch_available() -> bool:
     return True
 
 
-def _first_candidate(space: Space) -> dict[str, Any]:
-    """A conservative first point: a fifth of the units of the least sensitive groups."""
-    params: dict[str, Any] = {f"ratio_{k}": 0.2 if k == "units" else 0.0 for k in space.kinds()}
+SEEDS = ((1.0, 1.0, False), (0.5, 1.0, False), (1.0, 2.0, False), (0.5, 0.5, False), (0.5, 3.0, True))
+
+
+def _seeds(space: Space, max_loss: float) -> list[dict[str, Any]]:
+    """First candidates from the cheap model, before the sampler learns anything.
+
+    Removing a fraction r of a group's least important units is assumed to cost
+    s_g·(r/0.5)² (its measured loss at half, quadratic for small cuts) and losses to add
+    over groups. Each kind gets an equal share of a target loss, and its ratio solves
+    Σ s_g·(r·f_g/0.5)² = share (f_g the allocation's factor), capped so that no group loses more
+    than the half it was measured at. Seeds (α, target in budgets, Reconstruct): ``SEEDS``.
+    """
+    seeds = []
+    for alpha, target, reconstruct in SEEDS:
+        if reconstruct and not space.reconstruct:
+            continue
+        params = _neutral(space) | _seed_ratios(space, target * max_loss, alpha)
+        if space.reconstruct:
+            params["reconstruct"] = reconstruct
+        if any(v for k, v in params.items() if k.startswith("ratio_")) and params not in seeds:
+            seeds.append(params)
+    return seeds
+
+
+def _seed_ratios(space: Space, target: float, alpha: float) -> dict[str, float]:
+    params: dict[str, float] = {"allocation": alpha} if len(space.groups) > 1 else {}
+    kinds = space.kinds()
+    for kind in kinds:
+        factors = [f / 0.5 for f in space.ratios({f"ratio_{kind}": 0.5, "allocation": params.get("allocation", 0.0)}
+                                                  ).values()]
+        members = {glob.escape(g.name): g for g in space.groups if g.kind == kind}
+        ratios = space.ratios({f"ratio_{kind}": 0.5, "allocation": params.get("allocation", 0.0)})
+        cost = sum(members[name].sensitivity * (ratio / 0.5) ** 2 for name, ratio in ratios.items())
+        ratio = 0.5 * math.sqrt(target / len(kinds) / cost) if cost > 0 else math.inf
+        ratio = min(ratio, 0.5 / max(factors, default=1.0), RATIO_RANGE[kind])
+        params[f"ratio_{kind}"] = max(0.05, math.floor(ratio * 20) / 20)
+    return params
+
+
+def _neutral(space: Space) -> dict[str, Any]:
+    """Every knob of ``space`` at 'no change'."""
+    params: dict[str, Any] = {f"ratio_{k}": 0.0 for k in space.kinds()}
     if len(space.groups) > 1:
-        params["allocation"] = 1.0
+        params["allocation"] = 0.0
     if space.stream:
-        params["stream"] = 0.0 if space.groups else 0.1
+        params["stream"] = 0.0
     if space.blocks:
-        params["block_density"] = 1.0 if space.groups else 0.5
+        params["block_density"] = 1.0
     if space.reconstruct:
         params["reconstruct"] = False
     if space.routing:
@@ -600,9 +640,14 @@ def _objective(space: Space, model: ir.Model, data: CalibrationData, settings: S
 
 
 def _remaining_trials(study, trials: int | None) -> int | None:
+    """Trials still to run: ``trials`` less those finished (enqueued seeds not yet run don't count)."""
+    import optuna
+
     if trials is None:
         return None
-    return max(trials - len(study.trials), 0)
+    finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                        optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL))
+    return max(trials - len(finished), 0)
 
 
 def _records(study, max_loss: float) -> list[TrialRecord]:
