@@ -590,13 +590,12 @@ def _seed_ratios(space: Space, target: float, alpha: float) -> dict[str, float]:
     params: dict[str, float] = {"allocation": alpha} if len(space.groups) > 1 else {}
     kinds = space.kinds()
     for kind in kinds:
-        factors = [f / 0.5 for f in space.ratios({f"ratio_{kind}": 0.5, "allocation": params.get("allocation", 0.0)}
-                                                  ).values()]
         members = {glob.escape(g.name): g for g in space.groups if g.kind == kind}
-        ratios = space.ratios({f"ratio_{kind}": 0.5, "allocation": params.get("allocation", 0.0)})
-        cost = sum(members[name].sensitivity * (ratio / 0.5) ** 2 for name, ratio in ratios.items())
+        factors = {name: ratio / 0.5 for name, ratio in
+                   space.ratios({f"ratio_{kind}": 0.5, "allocation": params.get("allocation", 0.0)}).items()}
+        cost = sum(members[name].sensitivity * f**2 for name, f in factors.items())
         ratio = 0.5 * math.sqrt(target / len(kinds) / cost) if cost > 0 else math.inf
-        ratio = min(ratio, 0.5 / max(factors, default=1.0), RATIO_RANGE[kind])
+        ratio = min(ratio, 0.5 / max(factors.values(), default=1.0), RATIO_RANGE[kind])
         params[f"ratio_{kind}"] = max(0.05, math.floor(ratio * 20) / 20)
     return params
 
