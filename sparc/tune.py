@@ -184,7 +184,8 @@ class Space:
 
 @dataclasses.dataclass
 class TrialRecord:
-    """One measured candidate (``measurement`` None: it failed, ``error`` says why)."""
+    """One candidate (``measurement`` None: not measured, ``error`` says why: it failed, it
+    compressed nothing, or it repeated an earlier trial's recipe)."""
 
     number: int
     params: dict[str, Any]
@@ -230,7 +231,7 @@ class TuneResult:
                         f"{macs} | {'yes' if t.within_budget else 'no'} | {'yes' if t.on_front else ''} | "
                         f"{m.compile_seconds:.0f} | {describe(t.recipe)} |")
         failed = [t for t in self.trials if t.measurement is None]
-        rows += [f"| {t.number} | failed | | {t.error} | | | | | | {describe(t.recipe)} |" for t in failed]
+        rows += [f"| {t.number} | not measured | | {t.error} | | | | | | {describe(t.recipe)} |" for t in failed]
         return "\n".join(rows)
 
     def sensitivity_table(self) -> str:
@@ -626,6 +627,9 @@ def _objective(space: Space, model: ir.Model, data: CalibrationData, settings: S
         if not recipe:
             trial.set_user_attr("error", "nothing to compress (all ratios 0)")
             raise optuna.TrialPruned()
+        if (twin := _measured_twin(trial, recipe)) is not None:
+            trial.set_user_attr("error", f"same recipe as trial {twin}, not measured again")
+            raise optuna.TrialPruned()
         try:
             measurement, _ = evaluate(model, recipe, data, settings)
         except SparcError as exc:
@@ -636,6 +640,14 @@ def _objective(space: Space, model: ir.Model, data: CalibrationData, settings: S
         return measurement.speedup, min(measurement.loss, 1e9)
 
     return objective
+
+
+def _measured_twin(trial, recipe: list[dict]) -> int | None:
+    """The number of an earlier trial of the same study that measured ``recipe``, if any."""
+    for other in trial.study.get_trials(deepcopy=False):
+        if other.number != trial.number and "measurement" in other.user_attrs and other.user_attrs.get("recipe") == recipe:
+            return other.number
+    return None
 
 
 def _remaining_trials(study, trials: int | None) -> int | None:
