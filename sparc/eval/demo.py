@@ -1,7 +1,7 @@
 """``sparc demo``: make the real all-MiniLM-L6-v2 sentence encoder faster at kept quality.
 
-The demo tries the recipes of ``CANDIDATES`` on MiniLM and keeps the fastest one whose
-quality stays within ``BUDGET``:
+The demo tries the recipes of ``CANDIDATES`` on MiniLM (the recipe ``sparc tune`` found, and
+hand-written ones) and keeps the fastest one whose quality stays within ``BUDGET``:
 
 - calibration: 64 stories of the gensim Lee background corpus, 128 tokens, batches of 8 (the
   last batch held out for the compile's own checks);
@@ -33,6 +33,7 @@ from sparc.eval import datasets, zoo
 from sparc.eval.quality import encoder, lee_correlation_of
 from sparc.files import write_atomic
 from sparc.passes import ChannelCrop
+from sparc.recipe import load_recipe
 from sparc.runtime import OrtRunner
 
 logger = logging.getLogger(__name__)
@@ -58,9 +59,20 @@ def crop(heads: float = 0.0, ffn: float = 0.0, importance: str = "activation", r
                         round_to=1 if heads else 8, sequential=False)]
 
 
+TUNED = Path(__file__).with_name("minilm_tuned.yaml")  # written by benchmarks/tune.py --part minilm
+
+
+def tuned() -> list:
+    """The recipe ``sparc tune`` found for MiniLM under embedding cosine ≥ 0.99 on the held-out
+    calibration batch (15 min of search; re-run with ``python benchmarks/tune.py --part minilm``
+    and copy its recipe here)."""
+    return load_recipe(TUNED).passes
+
+
 # The recipes the demo tries (benchmarks/demo_recipes.py measures more): the one place to
 # change what the demo shows. From the most faithful to the fastest.
 CANDIDATES: dict[str, Callable[[], list]] = {
+    "sparc tune (cosine ≥ 0.99)": tuned,
     "ChannelCrop FFN 20%": lambda: crop(ffn=0.2),
     "ChannelCrop FFN 25%": lambda: crop(ffn=0.25),
     "ChannelCrop FFN 50%": lambda: crop(ffn=0.5),
