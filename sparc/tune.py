@@ -44,6 +44,7 @@ import numpy as np
 import onnx_ir as ir
 import yaml
 
+from sparc import backends
 from sparc.analysis.blocks import find_blocks, find_segments
 from sparc.analysis.channels import ChannelGroup, find_channel_groups
 from sparc.analysis.transformer import find_transformer
@@ -407,7 +408,8 @@ def tune(
     import optuna
 
     start = time.perf_counter()
-    _check_options(max_loss, metric, passes, time_budget, trials)
+    _check_options(max_loss, metric, passes, time_budget, trials, latency_batch)
+    backends.check_backend(backend, target)
     ir_model = capture(model, example_inputs=example_inputs, dynamic_axes=dynamic_axes)
     data = as_calibration(calibration, ir_model)
     if len(data) < 2:
@@ -420,8 +422,8 @@ def tune(
     objective = _objective(space, ir_model, data, settings, max_loss)
     count = _remaining_trials(study, trials)
     if not study.trials:
-        for seed in _seeds(space, max_loss):
-            study.enqueue_trial(seed)
+        for params in _seeds(space, max_loss):
+            study.enqueue_trial(params)
     remaining = None if time_budget is None else max(time_budget - (time.perf_counter() - start), 1.0)
     study.optimize(objective, n_trials=count, timeout=remaining,
                    callbacks=[lambda s, t: report(_records(s, max_loss), "searching")])
@@ -432,7 +434,7 @@ def tune(
                       time.perf_counter() - start)
 
 
-def _check_options(max_loss, metric, passes, time_budget, trials) -> None:
+def _check_options(max_loss, metric, passes, time_budget, trials, latency_batch) -> None:
     if not isinstance(max_loss, (int, float)) or not max_loss >= 0:
         raise TuneError(f"max_loss must be a number ≥ 0, got {max_loss!r}")
     if metric is not None and not callable(metric) and metric not in METRICS:
@@ -445,6 +447,8 @@ def _check_options(max_loss, metric, passes, time_budget, trials) -> None:
         raise TuneError(f"time_budget must be positive seconds, got {time_budget!r}")
     if trials is not None and trials < 1:
         raise TuneError(f"trials must be ≥ 1, got {trials!r}")
+    if latency_batch is not None and latency_batch < 1:
+        raise TuneError(f"latency_batch must be ≥ 1, got {latency_batch!r}")
 
 
 def _settings(model, held_out, metric, backend, target, threads, latency_batch) -> Settings:

@@ -143,6 +143,8 @@ def test_bad_options_are_tune_errors(two_blocks):
         tune(str(path), calibration=batches, max_loss=0.01, passes=["Magic"], trials=1)
     with pytest.raises(TuneError, match="max_loss"):
         tune(str(path), calibration=batches, max_loss=-1, trials=1)
+    with pytest.raises(sparc.BackendError, match="backend"):
+        tune(str(path), calibration=batches, max_loss=0.01, backend="tensorrt", trials=1)
     assert parse_duration("15m") == 900 and parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
     with pytest.raises(TuneError, match="not a duration"):
         parse_duration("soon")
