@@ -41,20 +41,24 @@ class ModelStats:
 
 
 _QUANTIZED = {ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT4, ir.DataType.UINT4}
+_DEQUANTIZING = {"Cast", "DequantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv",
+                 "DynamicQuantizeLSTM", "MatMulNBits", "GatherBlockQuantized"}
 
 
-def is_parameter_type(dtype: ir.DataType | None) -> bool:
-    """Floating point, or the 8/4-bit integers quantized weights are stored in (int32/int64
-    tensors are shapes, axes and indices, not parameters)."""
-    return dtype is not None and (dtype.is_floating_point() or dtype in _QUANTIZED)
+def is_parameter(value: ir.Value, tensor: ir.TensorProtocol) -> bool:
+    """A floating-point tensor, or an 8/4-bit integer one read by a dequantizing op (a
+    quantized weight; not the index arrays of sparc's sparse formats, nor int32/int64 shapes)."""
+    if tensor.dtype.is_floating_point():
+        return True
+    return tensor.dtype in _QUANTIZED and any(use.node.op_type in _DEQUANTIZING for use in value.uses())
 
 
 def count_params(graph: ir.Graph) -> tuple[int, int]:
     """(parameters, non-zero parameters): the elements of every initializer and ``Constant``
-    node tensor (paddle2onnx and others keep weights there) of a parameter type."""
+    node tensor (paddle2onnx and others keep weights there) that :func:`is_parameter`."""
     total = nonzero = 0
-    for tensor in _constant_tensors(graph):
-        if is_parameter_type(tensor.dtype):
+    for value, tensor in _constant_tensors(graph):
+        if is_parameter(value, tensor):
             array = tensor.numpy()
             total += array.size
             nonzero += int(np.count_nonzero(array))
@@ -62,12 +66,13 @@ def count_params(graph: ir.Graph) -> tuple[int, int]:
 
 
 def _constant_tensors(graph: ir.Graph):
+    """(value, tensor) of every initializer and Constant node with a ``value`` tensor."""
     for value in graph.initializers.values():
         if value.const_value is not None:
-            yield value.const_value
+            yield value, value.const_value
     for node in graph:
         if node.op_type == "Constant" and node.domain == "" and "value" in node.attributes:
-            yield node.attributes["value"].as_tensor()
+            yield node.outputs[0], node.attributes["value"].as_tensor()
 
 
 def model_bytes(model: ir.Model) -> int:
