@@ -72,6 +72,7 @@ ROUTE_KEEP = (1.0, 0.9, 0.8, 0.7)
 RECONSTRUCT_STEPS = 50
 DEFAULT_TIME_BUDGET = 15 * 60.0
 STARTUP_TRIALS = 4
+ORIGINAL = [{"FoldConstants": {}}, {"RemoveUnused": {}}]  # the answer when no candidate holds up: lossless only
 _FLOOR = 1e-9
 
 
@@ -357,6 +358,13 @@ def loss_of(error: OutputError, metric: str | None) -> float:
     return max(losses)
 
 
+def _loss(compiled: CompiledModel, error: OutputError | None, settings: Settings) -> float:
+    """A callable metric's drop from the original's score, or :func:`loss_of` the error."""
+    if callable(settings.metric):
+        return max(settings.dense_score - float(settings.metric(compiled.run)), 0.0)
+    return loss_of(error, settings.metric) if error is not None else 0.0
+
+
 def evaluate(model: ir.Model, recipe: list[dict], calibration: CalibrationData,
              settings: Settings) -> tuple[Measurement, CompiledModel]:
     """Compile ``recipe`` on ``model`` and measure it: a pure function of its arguments."""
@@ -366,10 +374,7 @@ def evaluate(model: ir.Model, recipe: list[dict], calibration: CalibrationData,
                        latency_inputs=settings.latency_inputs)
     seconds = time.perf_counter() - start
     report = compiled.report
-    if callable(settings.metric):
-        loss = max(settings.dense_score - float(settings.metric(compiled.run)), 0.0)
-    else:
-        loss = loss_of(report.error, settings.metric) if report.error is not None else 0.0
+    loss = _loss(compiled, report.error, settings)
     latency = report.latency
     macs = report.final.macs / report.original.macs if report.final.macs and report.original.macs else None
     return Measurement(
@@ -476,20 +481,19 @@ def _check_metric(model: ir.Model, metric: str) -> None:
 
 def _study(optuna, store, model: ir.Model, settings: Settings, max_loss: float, seed: int):
     """An Optuna study, in memory or in the journal file ``store`` (resumed when it exists)."""
-    fingerprint = _fingerprint(model, settings, max_loss)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():  # multivariate TPE is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS, multivariate=True)
-    storage = None
-    if store is not None:
+    storage, name = None, "sparc-tune"
+    if store is not None:  # the study in a store is named after what it measured
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
         storage = JournalStorage(JournalFileBackend(str(store)))
-    study = optuna.create_study(storage=storage, study_name=f"sparc-tune-{fingerprint}", sampler=sampler,
-                                directions=["maximize", "minimize"], load_if_exists=True)
-    return study
+        name = f"sparc-tune-{_fingerprint(model, settings, max_loss)}"
+    return optuna.create_study(storage=storage, study_name=name, sampler=sampler,
+                               directions=["maximize", "minimize"], load_if_exists=True)
 
 
 def _fingerprint(model: ir.Model, settings: Settings, max_loss: float) -> str:
@@ -546,9 +550,7 @@ def _sensitivity(model: ir.Model, data: CalibrationData, settings: Settings, gro
     entry = compiled.report.passes[-1]
     if not entry.modified or entry.error is None:
         return math.inf
-    if callable(settings.metric):
-        return max(settings.dense_score - float(settings.metric(compiled.run)), 0.0)
-    return loss_of(entry.error, settings.metric)
+    return _loss(compiled, entry.error, settings)
 
 
 def _has(finder, model: ir.Model) -> bool:
@@ -702,21 +704,17 @@ def _choose(records, model, data, settings, max_loss):
                 f"(measured again from its recipe; {measurement.fidelity}).")
         logger.info("trial %d did not hold up when compiled again (%.2f×, loss %.4g)", record.number,
                     measurement.speedup, measurement.loss)
-    compiled = compile(model, calibration=data, backend=settings.backend, target=settings.target,
-                       threads=settings.threads, latency_rounds=settings.latency_rounds,
-                       latency_inputs=settings.latency_inputs)
+    _, compiled = evaluate(model, ORIGINAL, data, settings)
     measured = [r for r in records if r.measurement is not None]
     closest = min(measured, key=lambda r: r.measurement.loss, default=None)
     detail = (f"; the smallest loss measured was {closest.measurement.loss:.4g} (trial {closest.number}, "
               f"{closest.measurement.speedup:.2f}×)" if closest else "")
     message = (f"No candidate was faster than the original within loss {max_loss:g}{detail}: "
                "the result is the original model (lossless clean-up only).")
-    return compiled, None, _recipe_document(None, settings), message
+    return compiled, None, _recipe_document(ORIGINAL, settings), message
 
 
-def _recipe_document(passes: list[dict] | None, settings: Settings) -> dict:
-    if passes is None:
-        passes = [{"FoldConstants": {}}, {"RemoveUnused": {}}]
+def _recipe_document(passes: list[dict], settings: Settings) -> dict:
     return {"passes": passes, "backend": settings.backend, "target": settings.target}
 
 

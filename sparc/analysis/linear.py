@@ -89,6 +89,15 @@ def computed_weights(graph: ir.Graph) -> list[str]:
     return found
 
 
+def computed_weights_note(graph: ir.Graph) -> str | None:
+    """What a pass says when it skips the layers of :func:`computed_weights` (None: none)."""
+    found = computed_weights(graph)
+    if not found:
+        return None
+    more = " ..." if len(found) > 4 else ""
+    return f"{len(found)} layers take weights computed in the graph, which passes do not edit: {', '.join(found[:4])}{more}"
+
+
 def _constant_derived(value: ir.Value | None, depth: int) -> bool:
     """Whether ``value`` is computed only from initializers and constants by dequantizing ops."""
     if value is None or value.const_value is not None:

@@ -40,7 +40,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from sparc.analysis.blocks import find_segments, nodes_between
 from sparc.analysis.channels import ChannelGroup, Space, find_channel_groups
-from sparc.analysis.linear import computed_weights
+from sparc.analysis.linear import computed_weights_note
 from sparc.data import CalibrationData, synthetic_feeds
 from sparc.errors import RecipeError, StructureError
 from sparc.ir_utils import constant_array, copy_model
@@ -132,10 +132,8 @@ class ChannelCrop(SparcPass):
         if first:
             self.details["groups"] = len(groups)
             self.details["blocked"] = [_describe_blocked(g) for g in groups if g.blocked]
-            if computed := computed_weights(model.graph):
-                self.details["skipped"] = (f"{len(computed)} layers take weights computed in the graph, whose "
-                                           f"channels this pass does not cut: {', '.join(computed[:4])}"
-                                           + (" ..." if len(computed) > 4 else ""))
+            if note := computed_weights_note(model.graph):
+                self.details["skipped"] = note
         candidates = [g for g in groups if g.prunable and not self._skipped(g) and self._in_round(g, nodes)]
         self._considered.update(name for g in candidates for name in g.producers)
         if not candidates:

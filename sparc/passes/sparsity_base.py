@@ -31,7 +31,7 @@ import onnx_ir as ir
 from sparc.algorithms import sparsegpt
 from sparc.algorithms.sparsity import Pattern, annotate, select_mask
 from sparc.analysis.blocks import find_segments, nodes_between
-from sparc.analysis.linear import LinearLayer, computed_weights, find_linear_layers
+from sparc.analysis.linear import LinearLayer, computed_weights_note, find_linear_layers
 from sparc.errors import CalibrationError, StructureError
 from sparc.measure.execute import collect
 from sparc.measure.reducers import ChannelStats, Gram, token_mask
@@ -91,10 +91,8 @@ class SparsityPass(SparcPass):
         layers = self.selected(find_linear_layers(model.graph))
         if not layers:
             self.details["layers"] = 0
-            if computed := computed_weights(model.graph):
-                self.details["skipped"] = (f"{len(computed)} layers take weights computed in the graph, which "
-                                           f"this pass does not edit: {', '.join(computed[:4])}"
-                                           + (" ..." if len(computed) > 4 else ""))
+            if note := computed_weights_note(model.graph):
+                self.details["skipped"] = note
             return ir.passes.PassResult(model, modified=False)
         _check_finite_weights(layers)
         groups, calibration = self._calibration_groups(model, layers)
