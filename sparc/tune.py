@@ -6,15 +6,20 @@
    where torch is installed and the model has blocks, and token routing (a learned router
    keeping a fraction of the tokens from a late block on) where the model has attention
    blocks. ``passes`` restricts these families.
-2. **Sensitivity**, the cheap model, measured once: each group alone loses half its units
-   (activation importance, no refinement); its loss on the held-out batches is s_g.
+2. **The cheap model**, measured once: each group alone loses half its units (activation
+   importance, no refinement); its loss on the held-out batches is its sensitivity s_g. The
+   time t_g of the nodes reading or writing the group's channels comes from ONNX Runtime's
+   profiler (``sparc.measure.profile``, the original model on the first held-out batch).
 3. **Candidates**: an Optuna sampler (multi-objective TPE, speedup up and loss down, with the
    constraint loss ≤ max_loss) proposes a ratio r_k per kind, an allocation strength
-   α ∈ [0, 1], the stream ratio, the block density, whether to reconstruct, and the routed
+   α ∈ [0, 1], the stream ratio, the block density and its per-layer OWL spread λ (layers
+   with more outlier weights keep more blocks), whether to reconstruct, and the routed
    fraction and first routed block. Per group the
-   ratio is r_g = clip(r_k·(1 − α·z_g), 0, 0.9), z_g = the group's log-sensitivity minus its
-   kind's mean, divided by the largest |z| of the kind: at α = 1 the least sensitive group
-   loses up to 2·r_k units and the most sensitive none (OWL-style, from measured error).
+   ratio is r_g = clip(r_k·(1 − α·z_g), 0, 0.9), z_g = log(s_g/t_g) minus its kind's mean,
+   divided by the largest |z| of the kind: at α = 1 the group that costs least loss per
+   millisecond it holds loses up to 2·r_k units and the costliest none (OWL-style, from
+   measured error and measured time). Under the cheap model's loss s_g·(r_g/0.5)² the loss
+   for a saved time Σ r_g·t_g is least at r_g ∝ t_g/s_g, which this ranking follows.
 4. **Measured, not predicted**: every candidate is compiled (:func:`evaluate`), its loss taken
    on held-out calibration batches and its speed timed side by side with the original on the
    backend. The answer is the fastest candidate within the budget, compiled again from its
@@ -55,6 +60,7 @@ from sparc.errors import SparcError, StructureError, TuneError
 from sparc.files import write_atomic
 from sparc.measure.cost import observed_shapes
 from sparc.measure.outputs import KL_MEASURES, OutputError, measures_of
+from sparc.measure.profile import node_times
 from sparc.passes.channel_crop import probe_feeds
 from sparc.runtime import OrtRunner
 
@@ -68,6 +74,7 @@ MAX_RATIO = 0.9
 RATIO_RANGE = {"units": 0.6, "heads": 0.5}
 STREAM_RANGE = 0.4
 BLOCK_DENSITIES = (1.0, 0.5, 0.3, 0.2, 0.1)
+BLOCK_OWL = (0.0, 0.05, 0.1)
 ROUTE_KEEP = (1.0, 0.9, 0.8, 0.7)
 RECONSTRUCT_STEPS = 50
 DEFAULT_TIME_BUDGET = 15 * 60.0
@@ -112,6 +119,7 @@ class Group:
     kind: str
     units: int
     sensitivity: float = math.inf
+    ms: float = 1.0  # profiled time of the nodes touching the group's channels
 
 
 @dataclasses.dataclass
@@ -137,6 +145,7 @@ class Space:
             params["stream"] = trial.suggest_float("stream", 0.0, STREAM_RANGE, step=0.05)
         if self.blocks:
             params["block_density"] = trial.suggest_categorical("block_density", BLOCK_DENSITIES)
+            params["block_owl"] = trial.suggest_categorical("block_owl", BLOCK_OWL)
         if self.reconstruct:
             params["reconstruct"] = trial.suggest_categorical("reconstruct", (False, True))
         if self.routing:
@@ -152,7 +161,7 @@ class Space:
             base = float(params.get(f"ratio_{kind}", 0.0))
             if base <= 0:
                 continue
-            logs = np.log([max(g.sensitivity, _FLOOR) for g in members])
+            logs = np.log([max(g.sensitivity, _FLOOR) / max(g.ms, _FLOOR) for g in members])
             spread = logs - logs.mean()
             scale = np.abs(spread).max()
             z = spread / scale if scale > 0 else np.zeros_like(spread)
@@ -174,8 +183,9 @@ class Space:
                                            "reconstruct": True, "round_to": 1 if heads else 8,
                                            "sequential": False}})
         if params.get("block_density", 1.0) < 1.0:
+            owl = {"owl": float(params["block_owl"])} if params.get("block_owl", 0.0) > 0 else {}
             passes.append({"BlockSparsity": {"block": [16, 1], "density": float(params["block_density"]),
-                                             "method": "sparsegpt"}})
+                                             "method": "sparsegpt"} | owl})
         if passes and params.get("reconstruct"):
             passes.append({"Reconstruct": {"steps": RECONSTRUCT_STEPS}})
         if params.get("route_keep", 1.0) < 1.0:
@@ -237,8 +247,9 @@ class TuneResult:
         return "\n".join(rows)
 
     def sensitivity_table(self) -> str:
-        rows = ["| group | kind | units | loss at half the units removed |", "|---|---|---:|---:|"]
-        rows += [f"| {g.name} | {g.kind} | {g.units} | {g.sensitivity:.4g} |" for g in self.space.groups]
+        rows = ["| group | kind | units | loss at half the units removed | profiled ms of its nodes |",
+                "|---|---|---:|---:|---:|"]
+        rows += [f"| {g.name} | {g.kind} | {g.units} | {g.sensitivity:.4g} | {g.ms:.3f} |" for g in self.space.groups]
         return "\n".join(rows)
 
     def to_markdown(self) -> str:
@@ -328,7 +339,8 @@ def describe(recipe: Sequence[Mapping]) -> str:
         elif name == "SliceRowsColumns":
             words.append(f"slice stream {options['ratio']:.2f}")
         elif name == "BlockSparsity":
-            words.append(f"16×1 blocks d{options['density']:g}")
+            spread = f" OWL {options['owl']:g}" if options.get("owl") else ""
+            words.append(f"16×1 blocks d{options['density']:g}{spread}")
         elif name == "TokenRouter":
             words.append(f"route keep {options['keep']:g} from block {options['start_block']}")
         else:
@@ -512,7 +524,7 @@ def _space(model: ir.Model, data: CalibrationData, settings: Settings, families:
     if stored is not None:
         return Space([Group(**g) for g in stored["groups"]], stored["stream"], stored["blocks"],
                      stored["reconstruct"], stored["routing"])
-    groups = _prunable_groups(model, data) if "ChannelCrop" in families else []
+    groups = _prunable_groups(model, data, settings) if "ChannelCrop" in families else []
     for index, group in enumerate(groups):
         report([], f"sensitivity {index + 1}/{len(groups)}")
         group.sensitivity = _sensitivity(model, data, settings, group)
@@ -527,9 +539,22 @@ def _space(model: ir.Model, data: CalibrationData, settings: Settings, families:
     return space
 
 
-def _prunable_groups(model: ir.Model, data: CalibrationData) -> list[Group]:
+def _prunable_groups(model: ir.Model, data: CalibrationData, settings: Settings) -> list[Group]:
     groups = find_channel_groups(model, observed_shapes(model, list(model.graph), probe_feeds(model, data)))
-    return [Group(g.producers[0], _kind(g), len(g.units)) for g in groups if g.prunable and g.producers]
+    feeds = settings.latency_inputs or data.split(holdout_size(len(data)))[1].batches[0]
+    times = node_times(model, feeds, threads=settings.threads)
+    return [Group(g.producers[0], _kind(g), len(g.units), ms=_group_ms(g, times))
+            for g in groups if g.prunable and g.producers]
+
+
+def _group_ms(group: ChannelGroup, times: Mapping[str, float]) -> float:
+    """Profiled milliseconds of the nodes that write or read any of ``group``'s channels."""
+    nodes = set()
+    for space in group.spaces:
+        nodes.update(n.name for n in space.value.consumers())
+        if (producer := space.value.producer()) is not None:
+            nodes.add(producer.name)
+    return sum(times.get(name, 0.0) for name in nodes)
 
 
 def _kind(group: ChannelGroup) -> str:
@@ -615,7 +640,7 @@ def _neutral(space: Space) -> dict[str, Any]:
     if space.stream:
         params["stream"] = 0.0
     if space.blocks:
-        params["block_density"] = 1.0
+        params["block_density"], params["block_owl"] = 1.0, 0.0
     if space.reconstruct:
         params["reconstruct"] = False
     if space.routing:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sparc
-from sparc.algorithms import sparsegpt
+from sparc.algorithms import owl, sparsegpt
 from sparc.algorithms.sparsity import ANNOTATION_KEY, Pattern, annotation, select_mask, verify
 from sparc.analysis.linear import find_linear_layers
 from sparc.data import as_calibration
@@ -184,3 +184,37 @@ def test_bad_options_raise_recipe_errors():
 def test_wanda_without_calibration_is_a_clear_error(minilm_ir):
     with pytest.raises((PassError, SparcError), match="calibration"):
         sparc.compile(copy_model(minilm_ir), recipe=[NMSparsity(method="wanda")], validate=False, latency_rounds=0)
+
+
+# -- OWL: outlier-weighted layer densities ---------------------------------------------------------
+
+
+def test_outlier_ratio_counts_scores_above_m_times_the_mean():
+    weight = np.ones((4, 2))
+    weight[0, 0] = 100.0  # one entry of 8 far above the mean
+    assert owl.outlier_ratio(weight, np.ones(4), threshold=5.0) == pytest.approx(1 / 8)
+    assert owl.outlier_ratio(weight, np.array([0.0, 1, 1, 1]), threshold=5.0) == 0.0  # its input never fires
+
+
+def test_owl_allocation_keeps_the_weighted_mean_and_favours_outliers():
+    values = owl.allocate([0.01, 0.05, 0.02], [100, 300, 600], density=0.3, spread=0.1)
+    assert np.average(values, weights=[100, 300, 600]) == pytest.approx(0.3)
+    assert values[1] == max(values) and values[0] == min(values)
+    assert max(values) - min(values) == pytest.approx(0.2)
+    assert owl.allocate([0.02, 0.02], [1, 1], density=0.4, spread=0.1) == [0.4, 0.4]
+
+
+def test_owl_block_sparsity_on_minilm_spreads_densities_and_keeps_the_count(minilm_ir, minilm_batches):
+    compiled = sparc.compile(copy_model(minilm_ir), recipe=[BlockSparsity(block=(16, 1), density=0.3, owl=0.1)],
+                             calibration=minilm_batches, latency_rounds=0)
+    entry = compiled.report.passes[0]
+    assert entry.details["allocation"].startswith("OWL λ=0.1")
+    assert entry.details["density"] == pytest.approx(0.3, abs=0.01)
+    densities = [verify(layer.weight_kn().T, annotation(layer.node))[1]
+                 for layer in find_linear_layers(compiled.model.graph) if annotation(layer.node) is not None]
+    assert len(densities) == 36 and max(densities) - min(densities) > 0.1
+
+
+def test_owl_needs_one_density():
+    with pytest.raises(RecipeError, match="owl"):
+        UnstructuredSparsity(density={"*": 0.5}, owl=0.1)

@@ -160,6 +160,29 @@ def test_allocation_follows_measured_sensitivity():
     skewed = space.ratios({"ratio_units": 0.3, "allocation": 1.0})
     assert skewed == {"quiet": 0.6, "mid": 0.3}  # the loudest keeps every unit
     assert space.recipe({"ratio_units": 0.0}) == []
+    blocks = Space([], stream=False, blocks=True, reconstruct=False)
+    assert blocks.recipe({"block_density": 0.3, "block_owl": 0.05}) == [
+        {"BlockSparsity": {"block": [16, 1], "density": 0.3, "method": "sparsegpt", "owl": 0.05}}]
+
+
+def test_allocation_weighs_sensitivity_by_profiled_time():
+    from sparc.tune import Group
+
+    # equal loss per unit, but "slow" holds ten times the time: cutting it buys more speed per loss
+    space = Space([Group("slow", "units", 64, 1e-3, ms=10.0), Group("fast", "units", 64, 1e-3, ms=1.0)],
+                  stream=False, blocks=False, reconstruct=False)
+    assert space.ratios({"ratio_units": 0.3, "allocation": 1.0}) == {"slow": 0.6}
+
+
+def test_profiled_group_times_cover_the_hidden_layers(two_blocks):
+    from sparc.data import as_calibration
+    from sparc.tune import Settings, _prunable_groups
+
+    path, batches = two_blocks
+    model = load_onnx(path)
+    groups = _prunable_groups(model, as_calibration(batches, model), Settings())
+    assert [g.units for g in groups] == [HIDDEN, HIDDEN]
+    assert all(g.ms > 0 for g in groups)
 
 
 def test_cli_tune_writes_model_report_recipe(two_blocks, tmp_path, capsys):

@@ -17,6 +17,11 @@ Cases:
    the model whose earlier blocks are already sparsified, exposing only that block's layer
    inputs. A model without blocks is calibrated in one pass, and the report says why.
    ``sequential=False``: one calibration run over the original model for every layer.
+5. Density passes (block, unstructured): ``density`` is one number or a mapping of layer-name
+   patterns to densities (first match wins; unmatched selected layers use ``default_density``).
+   ``owl=λ > 0`` with one number: per-layer densities in d ± λ from each layer's outlier ratio
+   (``sparc.algorithms.owl``; input norms from one calibration run over the original model),
+   keeping the parameter-weighted mean density d.
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ from collections import defaultdict
 import numpy as np
 import onnx_ir as ir
 
-from sparc.algorithms import sparsegpt
+from sparc.algorithms import owl, sparsegpt
 from sparc.algorithms.sparsity import Pattern, annotate, select_mask
 from sparc.analysis.blocks import find_segments, nodes_between
 from sparc.analysis.linear import LinearLayer, computed_weights_note, find_linear_layers
-from sparc.errors import CalibrationError, StructureError
+from sparc.errors import CalibrationError, RecipeError, StructureError
 from sparc.measure.execute import collect
 from sparc.measure.reducers import ChannelStats, Gram, token_mask
 from sparc.passes import edit
@@ -95,6 +100,7 @@ class SparsityPass(SparcPass):
                 self.details["skipped"] = note
             return ir.passes.PassResult(model, modified=False)
         _check_finite_weights(layers)
+        self.prepare(model, layers)
         groups, calibration = self._calibration_groups(model, layers)
         kept = total = 0
         raised = {}
@@ -116,6 +122,9 @@ class SparsityPass(SparcPass):
         if self.method == "sparsegpt":
             self.details["damping_raised"] = raised or "none"
         return ir.passes.PassResult(model, modified=True)
+
+    def prepare(self, model: ir.Model, layers: list[LinearLayer]) -> None:
+        """Work on the selected layers before any is sparsified (none here)."""
 
     def _calibration_groups(self, model, layers) -> tuple[list[list[LinearLayer]], str]:
         """Layers in the order they are calibrated and sparsified (case 4 of the module docstring)."""
@@ -173,19 +182,48 @@ def _check_finite_weights(layers: list[LinearLayer]) -> None:
         raise StructureError(f"weights hold NaN or Inf in layer(s) {', '.join(broken[:5])}")
 
 
-def densities(owner, density, default_density):
-    """Validate a density (0 < d ≤ 1) or a mapping of name patterns to densities."""
-    default = number(owner, "default_density", default_density, low=0.0, high=1.0, open_low=True)
-    if isinstance(density, dict):
-        return {str(k): number(owner, f"density[{k}]", v, low=0.0, high=1.0, open_low=True) for k, v in density.items()}, default
-    return number(owner, "density", density, low=0.0, high=1.0, open_low=True), default
+class DensitySparsityPass(SparsityPass):
+    """A sparsity pass whose layers keep a density: one number, per-layer patterns, or OWL (case 5)."""
 
+    def __init__(self, *, density=0.5, default_density: float = 1.0, owl: float = 0.0,
+                 owl_threshold: float = 5.0, **options):
+        super().__init__(**options)
+        self.default_density = number(self, "default_density", default_density, low=0.0, high=1.0, open_low=True)
+        if isinstance(density, dict):
+            self.density = {str(k): number(self, f"density[{k}]", v, low=0.0, high=1.0, open_low=True)
+                            for k, v in density.items()}
+        else:
+            self.density = number(self, "density", density, low=0.0, high=1.0, open_low=True)
+        self.owl = number(self, "owl", owl, low=0.0, high=0.5)
+        self.owl_threshold = number(self, "owl_threshold", owl_threshold, low=0.0, open_low=True)
+        if self.owl > 0 and isinstance(self.density, dict):
+            raise RecipeError(f"{self.name}: option 'owl' allocates around one density; give 'density' as a number")
+        self.allocated: dict[str, float] = {}
 
-def density_for(owner, layer: LinearLayer) -> float:
-    """The density for ``layer``: the first matching pattern's, else the default."""
-    if not isinstance(owner.density, dict):
-        return owner.density
-    for pattern, value in owner.density.items():
-        if fnmatch.fnmatch(layer.name, pattern):
-            return value
-    return owner.default_density
+    @property
+    def needs_calibration(self) -> bool:  # type: ignore[override]
+        return self.method != "magnitude" or self.owl > 0
+
+    def density_for(self, layer: LinearLayer) -> float:
+        """The OWL density of ``layer``, else the first matching pattern's, else the default."""
+        if layer.name in self.allocated:
+            return self.allocated[layer.name]
+        if not isinstance(self.density, dict):
+            return self.density
+        for pattern, value in self.density.items():
+            if fnmatch.fnmatch(layer.name, pattern):
+                return value
+        return self.default_density
+
+    def prepare(self, model: ir.Model, layers: list[LinearLayer]) -> None:
+        if self.owl <= 0:
+            return
+        mask = token_mask(model)
+        norms = {layer.input.name: ChannelStats(mask) for layer in layers}
+        collect(model, norms, self.calibration, threads=self.threads, description=f"{self.name} (OWL)")
+        ratios = [owl.outlier_ratio(layer.weight_kn(), np.sqrt(norms[layer.input.name].sq_sum), self.owl_threshold)
+                  for layer in layers]
+        values = owl.allocate(ratios, [layer.weight_kn().size for layer in layers], self.density, self.owl)
+        self.allocated = {layer.name: round(v, 4) for layer, v in zip(layers, values)}
+        self.details["allocation"] = (f"OWL λ={self.owl:g}, M={self.owl_threshold:g}: densities "
+                                      f"{min(values):.3f}–{max(values):.3f}")

@@ -1,23 +1,19 @@
 """UnstructuredSparsity: keep ``density`` of each layer's weights, anywhere.
 
-``density`` is one number or a mapping of layer-name patterns to densities (first match wins;
-unmatched selected layers use ``default_density``). See ``sparc.passes.sparsity_base``.
+``density``: one number, a mapping of layer-name patterns to densities, or one number spread
+per layer by outlier ratio (``owl``); see case 5 of ``sparc.passes.sparsity_base``.
 """
 
 from __future__ import annotations
 
 from sparc.algorithms.sparsity import Pattern
 from sparc.passes.base import register
-from sparc.passes.sparsity_base import SparsityPass, densities, density_for
+from sparc.passes.sparsity_base import DensitySparsityPass
 
 
 @register
-class UnstructuredSparsity(SparsityPass):
+class UnstructuredSparsity(DensitySparsityPass):
     """Unstructured sparsity at a target density."""
 
-    def __init__(self, *, density=0.5, default_density: float = 1.0, **options):
-        super().__init__(**options)
-        self.density, self.default_density = densities(self, density, default_density)
-
     def pattern_for(self, layer) -> Pattern:
-        return Pattern("unstructured", density_for(self, layer), method=self.method)
+        return Pattern("unstructured", self.density_for(layer), method=self.method)
