@@ -295,6 +295,12 @@ def _gelu(node, args):
     return torch_module().nn.functional.gelu(args[0], approximate=approximate)
 
 
+@op("PRelu")
+def _prelu(node, args):
+    x, slope = args
+    return torch_module().where(x < 0, x * slope, x)
+
+
 @op("LeakyRelu")
 def _leaky_relu(node, args):
     return torch_module().nn.functional.leaky_relu(args[0], node.attributes.get_float("alpha", 0.01))

@@ -253,3 +253,20 @@ def test_capture_torch_accepts_keyword_inputs():
     model = capture_torch(module, {"x": torch.randn(3, 16)}, {"x": [0]})
     (got,) = _ort(model, {"x": np.ones((4, 16), np.float32)})
     assert got.shape == (4, 8)
+
+
+@pytest.mark.parametrize("size, accepted", [(-1, True), (-2, False)])
+def test_minus_one_io_sizes_are_dynamic_other_negatives_refused(size, accepted):
+    """paddle2onnx writes -1 for an unknown size; sparc reads it as a dynamic dimension."""
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [size, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [size, 3])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if not accepted:
+        with pytest.raises(UnsupportedModelError, match="negative size"):
+            load_onnx(model)
+        return
+    loaded = load_onnx(model)
+    assert [str(d) for d in loaded.graph.inputs[0].shape] == ["x_dim0", "4"]
+    assert OrtRunner(loaded).run({"x": np.ones((5, 4), np.float32)})["y"].shape == (5, 3)

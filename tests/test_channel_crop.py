@@ -388,3 +388,23 @@ def test_passes_say_why_they_skip_layers_with_int8_weights_dequantized_in_the_gr
         assert not entry.modified
         assert "2 layers take weights computed in the graph" in entry.details["skipped"]
         assert "'up' (weight from Mul)" in entry.details["skipped"]
+
+
+def test_prelu_slopes_are_cut_with_their_channels():
+    """Keras (keras2onnx) writes Dense → PRelu with a per-unit slope: the slope loses the cut units."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w1", (16, 64)), ("slope", (64,)), ("w2", (64, 8)))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="dense"),
+             helper.make_node("PRelu", ["h", "slope"], ["r"], name="prelu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "prelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    batches = [{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(3)]
+    compiled = sparc.compile(model, calibration=batches, recipe=[ChannelCrop(ratio=0.5)], latency_rounds=0)
+    assert compiled.report.passes[0].modified
+    assert compiled.model.graph.initializers["slope"].shape.dims == (32,)
+    assert compiled.run(batches[0])["y"].shape == (8, 8)

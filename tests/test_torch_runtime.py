@@ -47,6 +47,7 @@ CASES = [
     ("Gelu", [F], {}, 1),
     ("Gelu", [F], {"approximate": "tanh"}, 1),
     ("LeakyRelu", [F], {"alpha": 0.2}, 1),
+    ("PRelu", [F, RNG.standard_normal(4).astype(np.float32)], {}, 1),
     ("HardSigmoid", [F], {}, 1),
     ("HardSwish", [F], {}, 1),
     ("Elu", [F], {}, 1),

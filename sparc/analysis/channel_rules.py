@@ -360,12 +360,13 @@ def _blocked(reason: str) -> Rule:
 
 
 UNARY_OPS = (
-    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid", "HardSigmoid",
+    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid", "HardSigmoid",
     "HardSwish", "Tanh", "Erf", "Softplus", "Softsign", "Mish", "Clip", "Neg", "Abs", "Exp",
     "Log", "Sqrt", "Reciprocal", "Identity", "Dropout", "Cast", "IsNaN", "Not", "Floor", "Ceil",
     "Round", "Sign", "Sin", "Cos",
 )
-BROADCAST_OPS = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "And", "Or")
+BROADCAST_OPS = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "And", "Or",
+                 "PRelu")  # PRelu: its slope broadcasts like a per-channel constant operand
 
 RULES: dict[str, Rule] = {
     **{op: _unary for op in UNARY_OPS},

@@ -7,7 +7,9 @@ Cases:
 Then, for every source: weights held in ``Constant`` nodes and weights listed as graph
 inputs become initializers; opsets older than 13 are upgraded; the opset must be at most
 23; every op must be known (standard ONNX, ORT's ``com.microsoft``, sparc's ``ai.sparc`` or
-a function in the model). Every problem is collected and raised together.
+a function in the model). Every problem is collected and raised together. A graph input or
+output size of -1 (paddle2onnx and some TensorFlow exporters write it for "unknown") becomes a
+named dynamic dimension; any other negative size is refused.
 """
 
 from __future__ import annotations
@@ -271,13 +273,18 @@ def normalize(model: ir.Model, label: str) -> ir.Model:
 
 
 def _check_io_shapes(model: ir.Model, label: str) -> None:
-    """Graph inputs and outputs may not declare negative sizes."""
+    """Graph input and output sizes of -1 become dynamic; other negative sizes are refused."""
     for kind, values in (("input", model.graph.inputs), ("output", model.graph.outputs)):
         for value in values:
-            if value.shape is not None and any(isinstance(d, int) and d < 0 for d in value.shape):
+            if value.shape is None:
+                continue
+            if any(isinstance(d, int) and d < -1 for d in value.shape):
                 raise UnsupportedModelError(
                     f"{label}: graph {kind} {value.name!r} declares a negative size {list(value.shape)}"
                 )
+            if any(isinstance(d, int) and d == -1 for d in value.shape):
+                value.shape = ir.Shape([f"{value.name}_dim{axis}" if isinstance(d, int) and d == -1 else d
+                                        for axis, d in enumerate(value.shape)])
 
 
 def default_opset(model: ir.Model) -> int:
