@@ -408,3 +408,59 @@ def test_prelu_slopes_are_cut_with_their_channels():
     assert compiled.report.passes[0].modified
     assert compiled.model.graph.initializers["slope"].shape.dims == (32,)
     assert compiled.run(batches[0])["y"].shape == (8, 8)
+
+
+def _graph_with_state_and_subgraph(rng):
+    """A silero-style graph: input [batch, 8], state [2, batch, 8], a scalar, and one layer
+    inside an If branch next to a layer in the main graph."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inner_w = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "inner_w")
+    branch = helper.make_graph([helper.make_node("MatMul", ["h", "inner_w"], ["z"], name="inner")], "branch", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [inner_w])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h0"], name="outer"),
+             helper.make_node("ReduceSum", ["state", "axes"], ["s"], keepdims=0),
+             helper.make_node("Add", ["h0", "s"], ["h"]),
+             helper.make_node("Greater", ["sr", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch, name="if")]
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.int64(0), "zero"), numpy_helper.from_array(np.array([0], np.int64), "axes")]
+    graph = helper.make_graph(nodes, "state", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8]),
+        helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 8]),
+        helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    batches = [{"x": rng.standard_normal((4, 8)).astype(np.float32),
+                "state": rng.standard_normal((2, 4, 8)).astype(np.float32), "sr": np.array(16000, np.int64)}
+               for _ in range(3)]
+    return model, batches
+
+
+def test_batch_axis_of_each_input_and_reasons_for_doing_nothing():
+    """silero-vad's shape of inputs (batch on axis 1 of the state, a scalar) feeds the probes, and
+    passes that find nothing to do say why: no prunable group; a layer inside an If."""
+    from sparc.passes import UnstructuredSparsity
+    from sparc.passes.channel_crop import probe_feeds
+
+    rng = np.random.default_rng(0)
+    model, batches = _graph_with_state_and_subgraph(rng)
+    loaded = sparc.capture.load_onnx(model)
+    feeds = probe_feeds(loaded, sparc.data.as_calibration(batches, loaded))
+    assert {k: v.shape for k, v in feeds.items()} == {"x": (1, 8), "state": (2, 1, 8), "sr": ()}
+    crop = sparc.compile(model, calibration=batches, recipe=[ChannelCrop(ratio=0.5)], latency_rounds=0)
+    entry = crop.report.passes[0]
+    assert not entry.modified and "2 layers sit inside If/Loop/Scan subgraphs" in entry.details["skipped"]
+    sparse = sparc.compile(model, calibration=batches, recipe=[UnstructuredSparsity(density=0.5, targets=["inner*"])],
+                           latency_rounds=0).report.passes[0]
+    assert not sparse.modified and "2 layers sit inside If/Loop/Scan subgraphs" in sparse.details["skipped"]
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "one",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])], [weight])
+    single = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    plain = sparc.compile(single, calibration=[{"x": b["x"]} for b in batches], recipe=[ChannelCrop(ratio=0.5)],
+                          latency_rounds=0).report.passes[0]
+    assert "none of the 1 channel groups can be cut: 1 blocked" in plain.details["skipped"]

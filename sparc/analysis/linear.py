@@ -89,13 +89,28 @@ def computed_weights(graph: ir.Graph) -> list[str]:
     return found
 
 
-def computed_weights_note(graph: ir.Graph) -> str | None:
-    """What a pass says when it skips the layers of :func:`computed_weights` (None: none)."""
-    found = computed_weights(graph)
-    if not found:
-        return None
-    more = " ..." if len(found) > 4 else ""
-    return f"{len(found)} layers take weights computed in the graph, which passes do not edit: {', '.join(found[:4])}{more}"
+def subgraph_layers(graph: ir.Graph) -> list[str]:
+    """Linear layers inside the If/Loop/Scan bodies of ``graph`` (at any depth), by name."""
+    found = []
+    for node in graph:
+        for attribute in node.attributes.values():
+            bodies = [attribute.value] if attribute.type == ir.AttributeType.GRAPH else (
+                list(attribute.value) if attribute.type == ir.AttributeType.GRAPHS else [])
+            for body in bodies:
+                found += [layer.name for layer in find_linear_layers(body)] + subgraph_layers(body)
+    return found
+
+
+def skipped_layers_note(graph: ir.Graph) -> str | None:
+    """What a pass says of the layers it cannot edit: weights computed in the graph
+    (:func:`computed_weights`) and layers inside subgraphs (None: there are none)."""
+    notes = []
+    for found, why in ((computed_weights(graph), "take weights computed in the graph"),
+                       (subgraph_layers(graph), "sit inside If/Loop/Scan subgraphs")):
+        if found:
+            more = " ..." if len(found) > 4 else ""
+            notes.append(f"{len(found)} layers {why}, which passes do not edit: {', '.join(found[:4])}{more}")
+    return "; ".join(notes) or None
 
 
 def _constant_derived(value: ir.Value | None, depth: int) -> bool:

@@ -40,7 +40,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from sparc.analysis.blocks import find_segments, nodes_between
 from sparc.analysis.channels import ChannelGroup, Space, find_channel_groups
-from sparc.analysis.linear import computed_weights_note
+from sparc.analysis.linear import skipped_layers_note
 from sparc.data import CalibrationData, synthetic_feeds
 from sparc.errors import RecipeError, StructureError
 from sparc.ir_utils import constant_array, copy_model
@@ -104,7 +104,19 @@ class ChannelCrop(SparcPass):
             modified |= self._crop(model, nodes, first=index == 0)
         if not self.details["pruned"]:
             del self.details["pruned"]
+        if not modified and "skipped" not in self.details:
+            self.details["skipped"] = self._why_nothing()
         return ir.passes.PassResult(model, modified=modified)
+
+    def _why_nothing(self) -> str:
+        """The reason a crop removed nothing, from the groups found in the first round."""
+        groups, blocked = self.details.get("groups", 0), len(self.details.get("blocked", []))
+        if not groups:
+            return "no channel group found (no layer whose output channels could be cut)"
+        if not self._considered:
+            return (f"none of the {groups} channel groups can be cut: {blocked} blocked (see 'blocked'), "
+                    f"the others have a single unit or are not selected")
+        return f"the ratio and rounding keep every unit of the groups of the {len(self._considered)} layers considered"
 
     def _rounds(self, model: ir.Model) -> list[dict[ir.Node, int] | None]:
         """Block by block (step 4 of the module docstring), or one round over every group."""
@@ -132,7 +144,7 @@ class ChannelCrop(SparcPass):
         if first:
             self.details["groups"] = len(groups)
             self.details["blocked"] = [_describe_blocked(g) for g in groups if g.blocked]
-            if note := computed_weights_note(model.graph):
+            if note := skipped_layers_note(model.graph):
                 self.details["skipped"] = note
         candidates = [g for g in groups if g.prunable and not self._skipped(g) and self._in_round(g, nodes)]
         self._considered.update(name for g in candidates for name in g.producers)
@@ -288,19 +300,35 @@ def probe_feeds(model: ir.Model, calibration: CalibrationData | None) -> dict[st
     """Inputs to read channel groups' shapes from: one sample (batch 1, so batch and head axes
     never merge) of the first calibration batch, or made-up inputs without calibration.
 
-    An input whose batch size the model fixes keeps its whole batch: ONNX Runtime rejects any
-    other size.
+    Each input is cut on its own batch axis (:func:`_batch_axes`); scalars, inputs whose batch
+    size the model fixes (ONNX Runtime rejects any other size) and inputs without the batch
+    dimension stay whole.
     """
     if not (calibration is not None and len(calibration)):
         return synthetic_feeds(model, batch=1, seq=16)
-    fixed = {value.name for value in model.graph.inputs if _fixed_batch(value)}
-    return {k: v if k in fixed else v[:1] for k, v in calibration.batches[0].items()}
+    axes = _batch_axes(model)
+    return {k: v if axes.get(k, 0) is None or np.ndim(v) == 0 else np.take(v, [0], axis=axes.get(k, 0))
+            for k, v in calibration.batches[0].items()}
 
 
-def _fixed_batch(value: ir.Value) -> bool:
-    """Whether graph input ``value`` has a fixed size on axis 0 (captured without a dynamic
-    batch axis)."""
-    return value.shape is not None and len(value.shape) > 0 and isinstance(value.shape[0], int)
+def _batch_axes(model: ir.Model) -> dict[str, int | None]:
+    """Each graph input's batch axis: where the batch dimension (the first dynamic leading
+    dimension among the inputs) appears, else 0 for a dynamic leading dimension, else None
+    (a scalar, or a fixed size: the model was captured without a dynamic batch)."""
+    shapes = {value.name: value.shape for value in model.graph.inputs}
+    batch = next((str(s[0]) for s in shapes.values() if s is not None and len(s) and not isinstance(s[0], int)), None)
+    axes: dict[str, int | None] = {}
+    for name, shape in shapes.items():
+        dims = [str(d) for d in shape] if shape is not None else None
+        if dims is None:
+            axes[name] = 0
+        elif batch is not None and batch in dims:
+            axes[name] = dims.index(batch)
+        elif len(dims) and not isinstance(shape[0], int):
+            axes[name] = 0
+        else:
+            axes[name] = None
+    return axes
 
 
 def _ratio(owner, ratio):

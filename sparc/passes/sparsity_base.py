@@ -36,7 +36,7 @@ import onnx_ir as ir
 from sparc.algorithms import owl, sparsegpt
 from sparc.algorithms.sparsity import Pattern, annotate, select_mask
 from sparc.analysis.blocks import find_segments, nodes_between
-from sparc.analysis.linear import LinearLayer, computed_weights_note, find_linear_layers
+from sparc.analysis.linear import LinearLayer, find_linear_layers, skipped_layers_note
 from sparc.errors import CalibrationError, RecipeError, StructureError
 from sparc.measure.execute import collect
 from sparc.measure.reducers import ChannelStats, Gram, token_mask
@@ -96,8 +96,11 @@ class SparsityPass(SparcPass):
         layers = self.selected(find_linear_layers(model.graph))
         if not layers:
             self.details["layers"] = 0
-            if note := computed_weights_note(model.graph):
-                self.details["skipped"] = note
+            self.details["skipped"] = skipped_layers_note(model.graph) or (
+                "no linear layer (MatMul/Gemm with a constant weight) is selected: "
+                f"{len(find_linear_layers(model.graph))} in the graph, targets {self.targets or 'all'}, "
+                f"skip {self.skip or 'none'}, layers writing graph outputs "
+                f"{'included' if self.include_outputs else 'left dense'}")
             return ir.passes.PassResult(model, modified=False)
         _check_finite_weights(layers)
         self.prepare(model, layers)
