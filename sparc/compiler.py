@@ -20,14 +20,14 @@ from sparc.capture.torch import is_torch_module
 from sparc.data import CalibrationData, as_calibration, check_feeds, feed_shapes, holdout_size
 from sparc.errors import BackendError, CalibrationError
 from sparc.ir_utils import copy_model
-from sparc.measure.cost import model_stats
+from sparc.measure.cost import count_macs, model_stats
 from sparc.measure.latency import Latency, compare
 from sparc.measure.outputs import TOLERANCES, OutputError
 from sparc.ops import has_sparc_ops, lower_to_standard
 from sparc.passes.pipeline import Pipeline
 from sparc.recipe import load_recipe
 from sparc.report import Report
-from sparc.runtime import OrtRunner
+from sparc.runtime import LOWERINGS, OrtRunner
 
 logger = logging.getLogger(__name__)
 
@@ -167,12 +167,25 @@ def compile(
                               pipeline.measures, timed)
     elif validate and valid is not None and latency_rounds > 0:
         report.latency = _latency(original, runner, timed or valid.batches[0], threads, latency_rounds)
+    if data is not None and report.backend.startswith("onnxruntime"):
+        report.executed_macs = _ort_executed_macs(result.model, data.batches[0])
     if target in CHECKED_TARGETS:
         report.target_check = _target_checked(result.model, original, target, data, threads,
                                               latency_rounds if validate else 0)
     return CompiledModel(
         result.model, runner, backend=backend, target=target, report=report, original=original
     )
+
+
+def _ort_executed_macs(model: ir.Model, feeds) -> int | None:
+    """MACs of one run as ONNX Runtime executes ``model``: its ``ai.sparc`` ops lowered to dense
+    MatMuls (None: the model has none, so it runs as stored)."""
+    domains = {node.domain for node in model.graph} & set(LOWERINGS)
+    if not domains:
+        return None
+    for domain in sorted(domains):
+        model = LOWERINGS[domain](model)
+    return count_macs(model, feeds)[0]
 
 
 def load(path: str | os.PathLike, *, threads: int | None = None) -> CompiledModel:

@@ -36,6 +36,13 @@ class Report:
     target_check: TargetCheck | None = None
     tvm: TvmBuild | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    executed_macs: int | None = None  # MACs of one run as the backend executes it (None: as stored)
+
+    @property
+    def macs_ratio(self) -> float | None:
+        """Executed MACs against the original's (stored MACs where the backend runs them as stored)."""
+        macs = self.executed_macs if self.executed_macs is not None else self.final.macs
+        return macs / self.original.macs if macs is not None and self.original.macs else None
 
     @property
     def final(self) -> ModelStats:
@@ -72,7 +79,7 @@ class Report:
             mark = "" if entry.modified else " (no change)"
             lines.append(_row(entry.name + mark, entry.stats, entry.error, entry))
         lines.append("")
-        lines.append(_totals(self.original, self.final))
+        lines.append(_totals(self.original, self.final, self.executed_macs, self.backend))
         if self.error is not None:
             lines += ["", "Output error vs original, per output (each relative to its own scale):", "",
                       *_output_table(self.error), ""]
@@ -128,7 +135,7 @@ def _macs(stats: ModelStats) -> str:
     return f"{stats.macs:,}{partial}"
 
 
-def _totals(original: ModelStats, final: ModelStats) -> str:
+def _totals(original: ModelStats, final: ModelStats, executed: int | None = None, backend: str = "") -> str:
     parts = [
         f"params {final.params / max(original.params, 1):.3f}x",
         f"non-zero {final.nonzero_params / max(original.nonzero_params, 1):.3f}x",
@@ -136,6 +143,9 @@ def _totals(original: ModelStats, final: ModelStats) -> str:
     ]
     if original.macs and final.macs is not None:
         parts.append(f"MACs {final.macs / original.macs:.3f}x")
+    if original.macs and executed is not None and executed != final.macs:
+        parts.append(f"MACs executed by {backend} {executed / original.macs:.3f}x "
+                     "(it runs the sparse layers as dense MatMuls)")
     return "total vs original: " + ", ".join(parts)
 
 

@@ -388,10 +388,10 @@ def evaluate(model: ir.Model, recipe: list[dict], calibration: CalibrationData,
     report = compiled.report
     loss = _loss(compiled, report.error, settings)
     latency = report.latency
-    macs = report.final.macs / report.original.macs if report.final.macs and report.original.macs else None
     return Measurement(
         speedup=latency.speedup, loss=loss, fidelity=report.error.fidelity() if report.error else "",
-        params=report.final.params / max(report.original.params, 1), macs=macs, original_ms=latency.original_ms,
+        params=report.final.params / max(report.original.params, 1), macs=report.macs_ratio,
+        original_ms=latency.original_ms,
         compiled_ms=latency.compiled_ms, backend=report.backend, compile_seconds=seconds,
     ), compiled
 
