@@ -565,7 +565,8 @@ def _kind(group: ChannelGroup) -> str:
 def _sensitivity(model: ir.Model, data: CalibrationData, settings: Settings, group: Group) -> float:
     """Loss when ``group`` alone loses half its units; inf when the crop does not apply."""
     probe = [{"ChannelCrop": {"ratio": {glob.escape(group.name): PROBE_RATIO}, "importance": "activation",
-                              "round_to": 1, "min_channels": 1, "sequential": False}}]
+                              "round_to": 1, "min_channels": 1, "sequential": False,
+                              "bias_compensation": False, "reconstruct": False}}]
     try:
         compiled = compile(model, calibration=data, recipe={"passes": probe}, threads=settings.threads,
                            latency_rounds=0)

@@ -20,7 +20,8 @@ heads). Blocked groups are left alone and reported with the reason. For each pru
    [W'; Δb] = E[f fᵀ]⁻¹·E[f xᵀ]·W, so they best reproduce their original outputs; only
    where calibration gives at least 4 rows per unknown (else the fit follows noise). Each
    refinement asked for is tried on a copy and kept only if it lowers the model's output
-   error on calibration batches (the report lists each round's errors and choice).
+   error on calibration batches (the report lists each round's errors and choice). Both are
+   on by default whenever calibration data is given (None); False turns one off.
 4. With calibration (activation importance or a refinement), groups are planned block by
    block (``analysis.blocks.find_segments``): the groups produced in block l get their
    statistics from the model whose earlier blocks are already cropped and refined; groups
@@ -73,8 +74,8 @@ class ChannelCrop(SparcPass):
         round_to: int = 8,
         min_channels: int = 8,
         skip=None,
-        bias_compensation: bool = False,
-        reconstruct: bool = False,
+        bias_compensation: bool | None = None,
+        reconstruct: bool | None = None,
         sequential: bool = True,
         **common,
     ):
@@ -85,15 +86,26 @@ class ChannelCrop(SparcPass):
         self.round_to = integer(self, "round_to", round_to, low=1)
         self.min_channels = integer(self, "min_channels", min_channels, low=1)
         self.skip = patterns(self, "skip", skip)
-        self.bias_compensation = bool(bias_compensation)
-        self.reconstruct = bool(reconstruct)
+        self.bias_compensation = None if bias_compensation is None else bool(bias_compensation)
+        self.reconstruct = None if reconstruct is None else bool(reconstruct)
         self.sequential = bool(sequential)
         if self.global_ranking and isinstance(self.ratio, dict):
             raise RecipeError(f"{self.name}: global_ranking takes one ratio, not per-layer ratios")
 
     @property
     def needs_calibration(self) -> bool:  # type: ignore[override]
-        return self.importance == "activation" or self.bias_compensation or self.reconstruct
+        return self.importance == "activation" or bool(self.bias_compensation) or bool(self.reconstruct)
+
+    @property
+    def refinements(self) -> list[str]:
+        """The refinements to try: those asked for; by default (None) both when calibration is given."""
+        given = self.calibration is not None
+        return [name for name, option in (("bias", self.bias_compensation), ("reconstruct", self.reconstruct))
+                if option or (option is None and given)]
+
+    @property
+    def uses_calibration(self) -> bool:
+        return self.importance == "activation" or bool(self.refinements)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         rounds = self._rounds(model)
@@ -120,7 +132,7 @@ class ChannelCrop(SparcPass):
 
     def _rounds(self, model: ir.Model) -> list[dict[ir.Node, int] | None]:
         """Block by block (step 4 of the module docstring), or one round over every group."""
-        if not self.needs_calibration:
+        if not self.uses_calibration:
             return [None]
         reason = "sequential=False" if not self.sequential else None
         if self.sequential and self.global_ranking:
@@ -150,7 +162,7 @@ class ChannelCrop(SparcPass):
         self._considered.update(name for g in candidates for name in g.producers)
         if not candidates:
             return False
-        stats = self._consumer_stats(model, candidates) if self.needs_calibration else {}
+        stats = self._consumer_stats(model, candidates) if self.uses_calibration else {}
         plan = self._plan(candidates, stats)
         if not plan:
             return False
@@ -179,9 +191,7 @@ class ChannelCrop(SparcPass):
         network they can still make things worse, so each is tried on a copy and kept only
         where it reduces the error of the model's outputs.
         """
-        asked = ["none"]
-        asked += ["bias"] if self.bias_compensation else []
-        asked += ["reconstruct"] if self.reconstruct else []
+        asked = ["none", *self.refinements]
         if len(asked) == 1:
             return "none"
         data = CalibrationData(self.calibration.batches[:REFINEMENT_BATCHES])
@@ -289,7 +299,7 @@ class ChannelCrop(SparcPass):
         for member in consumers:
             name, axis = member.space.value.name, member.space.axis
             stats.setdefault(name, ConsumerStats(ChannelStats(axis=axis)))
-            if self.reconstruct and refittable(member) and stats[name].gram is None:
+            if "reconstruct" in self.refinements and refittable(member) and stats[name].gram is None:
                 stats[name].gram = Gram(axis=axis)
         reducers = {name: [s.channels] + ([s.gram] if s.gram else []) for name, s in stats.items()}
         collect(model, reducers, self.calibration, threads=self.threads, description=self.name)

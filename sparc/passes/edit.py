@@ -56,7 +56,8 @@ def bias_of(layer: LinearLayer) -> np.ndarray | None:
 
 
 def set_bias(graph: ir.Graph, layer: LinearLayer, bias: np.ndarray) -> None:
-    """Give ``layer`` the bias ``bias`` (length N), adding an Add (or Gemm's C) if it has none."""
+    """Give ``layer`` the bias ``bias`` (length N), adding an Add (or Gemm's C) if it has none
+    (a graph output keeps its name: the Add writes it)."""
     bias = contiguous(np.asarray(bias, dtype=np.float32))
     if layer.bias is not None:
         node = layer.bias_node or layer.node
@@ -71,11 +72,15 @@ def set_bias(graph: ir.Graph, layer: LinearLayer, bias: np.ndarray) -> None:
         return
     out = layer.node.outputs[0]
     add = ir.node("Add", [out, value], name=f"{layer.node.name}_bias")
+    is_output, name = out.is_graph_output(), out.name
     out.replace_all_uses_with(add.outputs[0], replace_graph_outputs=True)
     add.replace_input_with(0, out)
     graph.insert_after(layer.node, add)
     add.outputs[0].shape = out.shape
     add.outputs[0].type = out.type
+    if is_output:  # the graph output keeps its name: callers feed on it
+        out.name = f"{name}_before_bias"
+        add.outputs[0].name = name
     layer.bias, layer.bias_node = value, add
 
 
