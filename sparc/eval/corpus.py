@@ -11,6 +11,15 @@ disk), prepared as each package's own pre-processing does.
 Each :class:`Entry` gives calibration batches (the last held out by the compiler), evaluation
 batches no pass sees, and optionally ``quality(run, evaluation, reference)`` → {measure: value},
 ``reference`` being the original model's outputs on the evaluation batches.
+
+Outcomes (:func:`outcome`, one recipe of ``RECIPES`` on one model):
+- ``ok``: the compiled model passed the ONNX checker and ran; with its fidelity on the held-out
+  calibration batch, parameters and MACs (as the backend executes them) against the original,
+  the latency ratio timed side by side, and the entry's task measure on the evaluation batches;
+- ``no-op``: the pass changed nothing and its report says why;
+- ``refused``: a clean ``SparcError`` naming why the model is out of scope;
+- ``DEFECT``: anything else: a crash, an internal error wrapped in a PassError, output that the
+  checker or ONNX Runtime rejects, or a no-op without a reason.
 """
 
 from __future__ import annotations
@@ -21,15 +30,20 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
+import traceback
 import wave
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 
-from sparc.errors import SparcError
+from sparc.compiler import compile
+from sparc.errors import PassError, SparcError
 from sparc.eval import datasets
+from sparc.tune import tune
 
 Feeds = dict[str, np.ndarray]
 Run = Callable[[Feeds], dict[str, np.ndarray]]
@@ -407,6 +421,102 @@ ENTRIES: tuple[Entry, ...] = (
           "torch legacy, opset 17", "page orientation (4 classes)", _page_data(320, _resized_nchw(320), "x", True),
           _agreement),
 )
+
+
+# -- the outcome of one recipe on one model ---------------------------------------------------------
+
+RECIPES = {
+    "clean-up": [{"FoldConstants": {}}, {"RemoveUnused": {}}],
+    "ChannelCrop 0.3": [{"ChannelCrop": {"ratio": 0.3}}],
+    "ChannelCrop 0.3 + RecalibrateNorms": [{"ChannelCrop": {"ratio": 0.3}}, {"RecalibrateNorms": {}}],
+    "ChannelCrop 0.3 + Reconstruct": [{"ChannelCrop": {"ratio": 0.3}}, {"Reconstruct": {"steps": 20}}],
+    "SliceRowsColumns 0.2": [{"SliceRowsColumns": {"ratio": 0.2}}],
+    "2:4 Wanda": [{"NMSparsity": {"n": 2, "m": 4, "method": "wanda"}}],
+    "2:4 Wanda + FuseSparseOps": [{"NMSparsity": {"n": 2, "m": 4, "method": "wanda"}}, {"FuseSparseOps": {}}],
+    "2:4 Wanda + Distill": [{"NMSparsity": {"n": 2, "m": 4, "method": "wanda"}}, {"Distill": {"steps": 20}}],
+    "16×1 d0.5 SparseGPT": [{"BlockSparsity": {"block": [16, 1], "density": 0.5, "method": "sparsegpt"}}],
+    "unstructured 0.5 OWL": [{"UnstructuredSparsity": {"density": 0.5, "method": "wanda", "owl": 0.05}}],
+    "TokenRouter 0.8": [{"TokenRouter": {"keep": 0.8}}],
+    "TVM: 16×1 d0.3": {"passes": [{"BlockSparsity": {"block": [16, 1], "density": 0.3}}, {"FuseSparseOps": {}}],
+                       "backend": "tvm"},
+    "tune (4 trials)": "tune",
+}
+
+
+def outcome(entry: Entry, path: Path, recipe, calibration: list[Feeds], evaluation: list[Feeds],
+            reference: list[dict], latency_rounds: int = 5) -> dict:
+    """One compile of ``recipe`` on ``entry``, judged (module docstring, "outcomes")."""
+    start = time.perf_counter()
+    try:
+        if recipe == "tune":
+            result = tune(str(path), calibration=calibration, max_loss=0.05, trials=4, time_budget=300,
+                                threads=1)
+            compiled, note = result.compiled, result.message
+        else:
+            compiled = compile(str(path), calibration=calibration, recipe=recipe, threads=1,
+                                     latency_rounds=latency_rounds)
+            note = ""
+        outcome = _judge(compiled, recipe)
+        outcome.update(_measures(compiled, entry, evaluation, reference))
+        if note:
+            outcome["note"] = note
+    except PassError as exc:
+        outcome = _refusal(exc)
+    except SparcError as exc:
+        outcome = {"outcome": "refused", "reason": f"{type(exc).__name__}: {_first_line(exc)}"}
+    except Exception as exc:  # a crash is what this matrix exists to find
+        outcome = {"outcome": "DEFECT", "reason": f"crash {type(exc).__name__}: {_first_line(exc)}",
+                   "trace": traceback.format_exc(limit=-3)}
+    outcome["seconds"] = round(time.perf_counter() - start, 1)
+    return outcome
+
+
+def _judge(compiled, recipe) -> dict:
+    """ok, no-op with its reason, or a DEFECT (checker rejection, no-op without a reason)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(ir.serde.serialize_model(compiled.model), full_check=False)
+    except Exception as exc:
+        return {"outcome": "DEFECT", "reason": f"the ONNX checker rejects the output: {_first_line(exc)}"}
+    if recipe == "tune" or not isinstance(recipe, list) or len(recipe) > 1 or "FoldConstants" in recipe[0]:
+        return {"outcome": "ok"}
+    entry = compiled.report.passes[-1]
+    if entry.modified:
+        return {"outcome": "ok"}
+    reason = entry.details.get("skipped") or entry.details.get("reason")
+    if reason:
+        return {"outcome": "no-op", "reason": str(reason)}
+    return {"outcome": "DEFECT", "reason": f"silent no-op: {entry.details}"}
+
+
+def _measures(compiled, entry, evaluation, reference) -> dict:
+    report = compiled.report
+    out = {"fidelity": report.error.fidelity() if report.error else "",
+           "params": round(report.final.params / max(report.original.params, 1), 3),
+           "macs": round(report.macs_ratio, 3) if report.macs_ratio is not None else None,
+           "speedup": round(report.latency.speedup, 3) if report.latency else None,
+           "backend": report.backend}
+    if entry.quality is not None:
+        out["quality"] = entry.quality(compiled.run, evaluation, reference)
+    return out
+
+
+def _refusal(exc: PassError) -> dict:
+    """A PassError is clean unless an internal exception caused it or its output was invalid."""
+    cause = exc.__cause__
+    while isinstance(cause, SparcError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    message = _first_line(exc)
+    if cause is not None and not isinstance(cause, (SparcError, ir.passes.PreconditionError)):
+        return {"outcome": "DEFECT", "reason": f"wrapped {type(cause).__name__}: {message}"}
+    if "does not run" in message or "checker rejects" in message:
+        return {"outcome": "DEFECT", "reason": message}
+    return {"outcome": "refused", "reason": f"PassError: {message}"}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:400]
 
 
 def by_name(name: str) -> Entry:
