@@ -23,7 +23,8 @@
 4. **Measured, not predicted**: every candidate is compiled (:func:`evaluate`), its loss taken
    on held-out calibration batches and its speed timed side by side with the original on the
    backend. The answer is the fastest candidate within the budget, compiled again from its
-   recipe and measured again faster than the original; else the original model.
+   recipe and measured again at least ``MIN_SPEEDUP`` (1.03×, above timing noise) faster than
+   the original; else the original model.
 
 Loss (``metric``), worst over outputs: ``cosine`` 1 − mean row cosine, ``kl`` mean KL in nats,
 ``top1`` 1 − top-1 agreement, ``error`` mean relative error; by default cosine for outputs
@@ -79,6 +80,7 @@ ROUTE_KEEP = (1.0, 0.9, 0.8, 0.7)
 RECONSTRUCT_STEPS = 50
 DEFAULT_TIME_BUDGET = 15 * 60.0
 STARTUP_TRIALS = 4
+MIN_SPEEDUP = 1.03  # a choice must beat the original by more than timing noise, when measured again
 ORIGINAL = [{"FoldConstants": {}}, {"RemoveUnused": {}}]  # the answer when no candidate holds up: lossless only
 _FLOOR = 1e-9
 
@@ -719,11 +721,11 @@ def _dominates(a: Measurement, b: Measurement) -> bool:
 def _choose(records, model, data, settings, max_loss):
     """(compiled, chosen record, recipe, message): the fastest candidate within the budget,
     compiled again from its recipe and measured again; the original if none holds up."""
-    feasible = sorted((r for r in records if r.within_budget and r.measurement.speedup > 1.0),
+    feasible = sorted((r for r in records if r.within_budget and r.measurement.speedup >= MIN_SPEEDUP),
                       key=lambda r: -r.measurement.speedup)
     for record in feasible[:3]:
         measurement, compiled = evaluate(model, record.recipe, data, settings)
-        if measurement.loss <= max_loss and measurement.speedup > 1.0:
+        if measurement.loss <= max_loss and measurement.speedup >= MIN_SPEEDUP:
             recipe = _recipe_document(record.recipe, settings)
             return compiled, record, recipe, (
                 f"Chosen: trial {record.number}, {measurement.speedup:.2f}× faster at loss {measurement.loss:.4g} "
@@ -735,7 +737,7 @@ def _choose(records, model, data, settings, max_loss):
     closest = min(measured, key=lambda r: r.measurement.loss, default=None)
     detail = (f"; the smallest loss measured was {closest.measurement.loss:.4g} (trial {closest.number}, "
               f"{closest.measurement.speedup:.2f}×)" if closest else "")
-    message = (f"No candidate was faster than the original within loss {max_loss:g}{detail}: "
+    message = (f"No candidate was {MIN_SPEEDUP:g}× faster than the original within loss {max_loss:g}{detail}: "
                "the result is the original model (lossless clean-up only).")
     return compiled, None, _recipe_document(ORIGINAL, settings), message
 
