@@ -455,7 +455,7 @@ def _gather(node, args):
     axis = _axis(_int(node, "axis", 0), x.dim())
     indices = torch_module().where(indices < 0, indices + x.shape[axis], indices)
     picked = x.index_select(axis, indices.reshape(-1))
-    return picked.reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :])
+    return picked.reshape((*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :]))  # () for a scalar pick
 
 
 @op("GatherElements")

@@ -69,6 +69,7 @@ CASES = [
     ("Slice", [F, I64(-1), I64(-100), I64(1), I64(-1)], {}, 1),
     ("Gather", [F, I64(2, -1, 0)], {"axis": 1}, 1),
     ("Gather", [F, np.array(1, np.int64)], {"axis": 2}, 1),
+    ("Gather", [I64(5, 7, 9), np.array(-1, np.int64)], {}, 1),  # the legacy exporter's Gather(Shape(x), i)
     ("GatherElements", [F, RNG.integers(0, 3, (2, 3, 4)).astype(np.int64)], {"axis": 1}, 1),
     ("GatherND", [F, np.array([[0, 1], [1, 2]], np.int64)], {}, 1),
     ("GatherND", [F, np.array([[1], [2]], np.int64)], {"batch_dims": 1}, 1),
