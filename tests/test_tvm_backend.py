@@ -228,3 +228,18 @@ def test_silu_written_as_x_times_sigmoid_is_fused():
     layouts = [choice.summary() for choice in compiled.report.tvm.layouts]
     assert len(layouts) == 3 and sum("+ silu" in n for n in layouts) == 1
     np.testing.assert_allclose(compiled(x), seeded(SwiGLU)(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_legacy_exported_bert_imports_and_gets_sparc_kernels():
+    """paraphrase-MiniLM-L3-v2 as the torch legacy exporter wrote it (a pip wheel's file: Shape →
+    Gather → Concat shape arithmetic, Expand of the attention mask) imports into TVM and its 18
+    linear layers are matched to sparc's kernels."""
+    from sparc.eval import zoo
+
+    path = str(zoo.paraphrase_minilm_onnx())
+    ids = np.random.default_rng(0).integers(1000, 2000, (1, 32))
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    compiled = sparc.compile(path, calibration=[feeds, feeds], backend="tvm", backend_options={"fallback": False},
+                             recipe=[BlockSparsity(block=(16, 1), density=0.3)], threads=1, latency_rounds=0)
+    build = compiled.report.tvm
+    assert len(build.layouts) == 18 and build.agreement.max_rel < 1e-3
