@@ -17,7 +17,7 @@ from common import write_results
 from sparc.eval import corpus
 from sparc.runtime import OrtRunner
 
-LATENCY_ROUNDS = 5
+LATENCY_ROUNDS = 3
 
 
 def main() -> None:

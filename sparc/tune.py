@@ -569,16 +569,17 @@ def _sensitivity(model: ir.Model, data: CalibrationData, settings: Settings, gro
     probe = [{"ChannelCrop": {"ratio": {glob.escape(group.name): PROBE_RATIO}, "importance": "activation",
                               "round_to": 1, "min_channels": 1, "sequential": False,
                               "bias_compensation": False, "reconstruct": False}}]
+    scored = callable(settings.metric)  # a callable metric runs the model itself: no validation run needed
     try:
         compiled = compile(model, calibration=data, recipe={"passes": probe}, threads=settings.threads,
-                           latency_rounds=0)
+                           latency_rounds=0, validate=not scored)
+        entry = compiled.report.passes[-1]
+        if not entry.modified or (entry.error is None and not scored):
+            return math.inf
+        return _loss(compiled, entry.error, settings)
     except SparcError as exc:
         logger.info("group %s cannot be cropped: %s", group.name, exc)
         return math.inf
-    entry = compiled.report.passes[-1]
-    if not entry.modified or entry.error is None:
-        return math.inf
-    return _loss(compiled, entry.error, settings)
 
 
 def _has(finder, model: ir.Model) -> bool:

