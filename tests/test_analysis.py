@@ -62,5 +62,25 @@ def test_minilm_analyses(minilm_ir, minilm_batches):
 
 
 def test_a_graph_without_attention_has_no_blocks():
-    with pytest.raises(StructureError, match="no Softmax"):
+    with pytest.raises(StructureError, match="no attention Softmax"):
         find_blocks(_lifted(GEMM_AND_TRANSPOSED_MATMUL))
+
+
+def test_a_classifiers_output_softmax_is_not_attention():
+    """A CNN ending in Softmax (open_nsfw, mtcnn, PaddleOCR's classifier) splits into stages; a
+    Softmax counts as attention only when a MatMul reads its probabilities."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sparc.analysis.blocks import find_segments
+    from sparc.capture import load_onnx
+
+    weights = [numpy_helper.from_array(np.ones(shape, np.float32), name)
+               for name, shape in (("w1", (8, 8)), ("w2", (8, 4)))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Add", ["r", "x"], ["joined"]), helper.make_node("MatMul", ["joined", "w2"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probabilities"])]
+    graph = helper.make_graph(nodes, "classifier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 8])],
+                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["b", 4])], weights)
+    model = load_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert [s.output.name for s in find_segments(model)] == ["joined", "probabilities"]

@@ -77,7 +77,7 @@ def test_blocks_of_the_real_post_norm_minilm(minilm_ir):
 
 def test_a_model_without_attention_has_no_blocks():
     captured = capture_torch(seeded(MLP), (torch.randn(2, 16),))
-    with pytest.raises(StructureError, match="no Softmax"):
+    with pytest.raises(StructureError, match="no attention Softmax"):
         find_blocks(captured)
 
 
@@ -140,7 +140,7 @@ def test_refusals_are_clear():
     with pytest.raises(RecipeError, match="outside the model's 3 blocks"):
         _routed(captured, batches, start_block=3)
     mlp = capture_torch(seeded(MLP), (torch.randn(2, 16),))
-    with pytest.raises(PassError, match="TokenRouter.*no Softmax"):
+    with pytest.raises(PassError, match="TokenRouter.*no attention Softmax"):
         sparc.compile(mlp, calibration=[{mlp.graph.inputs[0].name: np.ones((2, 16), np.float32)}],
                       recipe=[TokenRouter()], latency_rounds=0)
 

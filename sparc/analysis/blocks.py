@@ -40,9 +40,10 @@ class Block:
 def find_blocks(model: ir.Model) -> list[Block]:
     """The transformer blocks of ``model`` in order (module docstring); StructureError if none."""
     order = {node: i for i, node in enumerate(model.graph)}
-    softmaxes = [n for n in model.graph if n.op_type == "Softmax" and n.domain == ""]
+    softmaxes = attention_softmaxes(model)
     if not softmaxes:
-        raise StructureError("the graph has no Softmax: no attention blocks to route tokens around")
+        raise StructureError("the graph has no attention Softmax (one whose probabilities a MatMul reads): "
+                             "no attention blocks")
     norm_by_input = {norm.input: norm for norm in find_norms(model).values()}
     hidden = _first_block_input(softmaxes[0], order)
     blocks: list[Block] = []
@@ -69,9 +70,20 @@ def find_blocks(model: ir.Model) -> list[Block]:
 
 def find_segments(model: ir.Model) -> list[Block]:
     """Transformer blocks when the model has attention, else the stages between residual joins."""
-    if any(n.op_type == "Softmax" and n.domain == "" for n in model.graph):
+    if attention_softmaxes(model):
         return find_blocks(model)
     return find_stages(model)
+
+
+def attention_softmaxes(model: ir.Model) -> list[ir.Node]:
+    """Softmaxes whose probabilities reach a MatMul within two ops (a NaN guard ``Where``, a Cast,
+    a Dropout): attention, not a classifier's output."""
+
+    def feeds_matmul(value: ir.Value, depth: int = 2) -> bool:
+        return any(c.op_type == "MatMul" or (depth and any(feeds_matmul(o, depth - 1) for o in c.outputs))
+                   for c in value.consumers())
+
+    return [n for n in model.graph if n.op_type == "Softmax" and n.domain == "" and feeds_matmul(n.outputs[0])]
 
 
 def find_stages(model: ir.Model) -> list[Block]:
