@@ -316,3 +316,15 @@ def test_smollm2_captured_from_torch_with_dynamic_sequence(smollm2_path):
     got = list(OrtRunner(captured).run(feeds).values())[0]
     mask = feeds["attention_mask"].astype(bool)
     np.testing.assert_allclose(got[mask], want[mask], atol=2e-3)
+
+
+def test_channel_crop_of_named_groups_after_slicing(llama_ir):
+    """Slicing adds mixing matrices whose groups have nothing for activation importance to score;
+    a ChannelCrop that names other groups (as tune's recipes do) leaves them alone."""
+    from sparc.passes import ChannelCrop
+
+    _, model = llama_ir
+    recipe = [SliceRowsColumns(ratio=0.25),
+              ChannelCrop(ratio={"*layers.0.mlp.gate_proj": 0.5}, importance="activation", round_to=1)]
+    compiled = sparc.compile(model, recipe=recipe, calibration=lm_batches(4), latency_rounds=0)
+    assert compiled.report.passes[-1].details["pruned"] == ["lm.model.layers.0.mlp.gate_proj: 96 -> 48"]

@@ -158,7 +158,8 @@ class ChannelCrop(SparcPass):
             self.details["blocked"] = [_describe_blocked(g) for g in groups if g.blocked]
             if note := skipped_layers_note(model.graph):
                 self.details["skipped"] = note
-        candidates = [g for g in groups if g.prunable and not self._skipped(g) and self._in_round(g, nodes)]
+        candidates = [g for g in groups if g.prunable and not self._skipped(g) and self._in_round(g, nodes)
+                      and (self.global_ranking or self._group_ratio(g) > 0)]  # unselected groups: not scored
         self._considered.update(name for g in candidates for name in g.producers)
         if not candidates:
             return False
