@@ -40,7 +40,8 @@ def main() -> None:
                                                                        evaluation, reference, LATENCY_ROUNDS)
             print(_line(row), flush=True)
             rows.append(row)
-    write_results(f"corpus{args.tag}", {"rows": rows, "models": _models(entries)}, _markdown(entries, rows))
+        done = [e for e in entries if any(r["model"] == e.name for r in rows)]  # written after each model
+        write_results(f"corpus{args.tag}", {"rows": rows, "models": _models(done)}, _markdown(done, rows))
 
 
 def _line(row: dict) -> str:
