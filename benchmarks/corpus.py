@@ -11,6 +11,9 @@ Writes results/corpus.{json,md}. The CI subset is ``tests/test_corpus.py``.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import time
+from pathlib import Path
 
 from common import write_results
 
@@ -51,13 +54,19 @@ def _line(row: dict) -> str:
     return f"{row['model']:22s} {row['recipe']:36s} {row['outcome']:8s} {detail}" + (f" | {quality}" if quality else "")
 
 
+def _commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent)
+    return result.stdout.strip() or "unknown"
+
+
 def _models(entries) -> list[dict]:
     return [{"name": e.name, "package": e.requirement, "file": e.member, "exporter": e.exporter, "task": e.task}
             for e in entries]
 
 
 def _markdown(entries, rows) -> str:
-    lines = ["# The corpus outcome matrix", "",
+    lines = ["# The corpus outcome matrix", "", f"Run on {time.strftime('%Y-%m-%d')} at commit {_commit()}.", "",
              "`python benchmarks/corpus.py`: every recipe on every model of `sparc.eval.corpus` (ONNX files that "
              "pip packages ship, written by other exporters), 1 thread. Fidelity on the held-out calibration batch; "
              "params and MACs (as the backend executes them) against the original; speedup timed side by side "
@@ -74,7 +83,7 @@ def _markdown(entries, rows) -> str:
     for row in rows:
         quality = ", ".join(f"{k} {v}" for k, v in (row.get("quality") or {}).items())
         lines.append(f"| {row['model']} | {row['recipe']} | {row['outcome']} | "
-                     f"{row.get('fidelity') or row.get('reason', '')} | {row.get('params', '')} | "
+                     f"{row.get('reason') or row.get('fidelity', '')} | {row.get('params', '')} | "
                      f"{row.get('macs', '')} | {row.get('speedup', '')} | {quality} | {row['seconds']} |")
     return "\n".join(lines) + "\n"
 
