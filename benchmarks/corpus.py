@@ -11,11 +11,12 @@ Writes results/corpus.{json,md}. The CI subset is ``tests/test_corpus.py``.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import time
 from pathlib import Path
 
-from common import write_results
+from common import RESULTS, write_results
 
 from sparc.eval import corpus
 from sparc.runtime import OrtRunner
@@ -29,7 +30,11 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=None, choices=list(corpus.RECIPES))
     parser.add_argument("--small", action="store_true", help="only the CI subset's models")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite results/corpus<tag>.md from its .json (judgements re-applied)")
     args = parser.parse_args()
+    if args.markdown_only:
+        return _rewrite_markdown(args.tag)
     entries = [corpus.by_name(n) for n in args.models] if args.models else [
         e for e in corpus.ENTRIES if e.small or not args.small]
     rows = []
@@ -44,7 +49,8 @@ def main() -> None:
             print(_line(row), flush=True)
             rows.append(row)
         done = [e for e in entries if any(r["model"] == e.name for r in rows)]  # written after each model
-        write_results(f"corpus{args.tag}", {"rows": rows, "models": _models(done)}, _markdown(done, rows))
+        write_results(f"corpus{args.tag}", {"rows": rows, "models": _models(done), "commit": _commit()},
+                      _markdown(done, rows))
 
 
 def _line(row: dict) -> str:
@@ -52,6 +58,13 @@ def _line(row: dict) -> str:
         f"{k} {row[k]}" for k in ("fidelity", "params", "macs", "speedup") if row.get(k) is not None)
     quality = row.get("quality")
     return f"{row['model']:22s} {row['recipe']:36s} {row['outcome']:8s} {detail}" + (f" | {quality}" if quality else "")
+
+
+def _rewrite_markdown(tag: str) -> None:
+    data = json.loads((RESULTS / f"corpus{tag}.json").read_text())
+    rows = [corpus.flag_growth(row) for row in data["rows"]]
+    entries = [corpus.by_name(m["name"]) for m in data["models"]]
+    write_results(f"corpus{tag}", data | {"rows": rows}, _markdown(entries, rows, data.get("commit")))
 
 
 def _commit() -> str:
@@ -65,8 +78,8 @@ def _models(entries) -> list[dict]:
             for e in entries]
 
 
-def _markdown(entries, rows) -> str:
-    lines = ["# The corpus outcome matrix", "", f"Run on {time.strftime('%Y-%m-%d')} at commit {_commit()}.", "",
+def _markdown(entries, rows, commit: str | None = None) -> str:
+    lines = ["# The corpus outcome matrix", "", f"Run on {time.strftime('%Y-%m-%d')} at commit {commit or _commit()}.", "",
              "`python benchmarks/corpus.py`: every recipe on every model of `sparc.eval.corpus` (ONNX files that "
              "pip packages ship, written by other exporters), 1 thread. Fidelity on the held-out calibration batch; "
              "params and MACs (as the backend executes them) against the original; speedup timed side by side "

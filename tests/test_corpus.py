@@ -54,3 +54,9 @@ def test_an_unknown_corpus_model_is_a_clean_error():
 
     with pytest.raises(SparcError, match="no corpus model 'nope'"):
         corpus.by_name("nope")
+
+
+def test_a_model_that_grows_is_a_defect():
+    grown = corpus.flag_growth({"outcome": "ok", "params": 14.263})
+    assert grown["outcome"] == "DEFECT" and "grew to 14.263×" in grown["reason"]
+    assert corpus.flag_growth({"outcome": "ok", "params": 0.9})["outcome"] == "ok"

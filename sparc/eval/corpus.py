@@ -19,7 +19,7 @@ Outcomes (:func:`outcome`, one recipe of ``RECIPES`` on one model):
 - ``no-op``: the pass changed nothing and its report says why;
 - ``refused``: a clean ``SparcError`` naming why the model is out of scope;
 - ``DEFECT``: anything else: a crash, an internal error wrapped in a PassError, output that the
-  checker or ONNX Runtime rejects, or a no-op without a reason.
+  checker or ONNX Runtime rejects, a no-op without a reason, or a model that grew.
 """
 
 from __future__ import annotations
@@ -454,6 +454,7 @@ def outcome(entry: Entry, path: Path, recipe, calibration: list[Feeds], evaluati
             note = ""
         outcome = _judge(compiled, recipe)
         outcome.update(_measures(compiled, entry, evaluation, reference))
+        outcome = flag_growth(outcome)
         if note:
             outcome["note"] = note
     except PassError as exc:
@@ -465,6 +466,16 @@ def outcome(entry: Entry, path: Path, recipe, calibration: list[Feeds], evaluati
                    "trace": traceback.format_exc(limit=-3)}
     outcome["seconds"] = round(time.perf_counter() - start, 1)
     return outcome
+
+
+GROWTH_LIMIT = 1.05
+
+
+def flag_growth(cell: dict) -> dict:
+    """A compressing recipe whose output has more parameters than the original is a DEFECT."""
+    if cell.get("outcome") == "ok" and (cell.get("params") or 0) > GROWTH_LIMIT:
+        return cell | {"outcome": "DEFECT", "reason": f"the model grew to {cell['params']}× the original's parameters"}
+    return cell
 
 
 def _judge(compiled, recipe) -> dict:
