@@ -540,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [a for a in args if not a.startswith("--")]
     entries = [by_name(n) for n in names] if names else [e for e in ENTRIES if e.small or not small]
     for entry in entries:
-        print(f"{entry.name}: {fetch(entry)}", flush=True)
+        sys.stdout.write(f"{entry.name}: {fetch(entry)}\n")
     return 0
 
 
