@@ -27,11 +27,12 @@ from sparc.passes import ChannelCrop
 from sparc.runtime import OrtRunner
 
 RATIOS = (0.1, 0.3, 0.5)
+UNREFINED = {"bias_compensation": False, "reconstruct": False}  # refinements are on by default with calibration
 CRITERIA = {
-    "l1": {"importance": "l1"},
-    "l2": {"importance": "l2"},
-    "bn_scale": {"importance": "bn_scale"},
-    "activation": {"importance": "activation"},
+    "l1": {"importance": "l1"} | UNREFINED,
+    "l2": {"importance": "l2"} | UNREFINED,
+    "bn_scale": {"importance": "bn_scale"} | UNREFINED,
+    "activation": {"importance": "activation"} | UNREFINED,
     "activation+refit": {"importance": "activation", "bias_compensation": True, "reconstruct": True},
 }
 

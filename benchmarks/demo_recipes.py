@@ -46,7 +46,8 @@ RECIPES = {
     "ChannelCrop heads 50%": lambda: crop(0.5, 0),
     "ChannelCrop heads 25% + FFN 50%": lambda: crop(0.25, 0.5),
     "ChannelCrop heads 25% + FFN 25%": lambda: crop(0.25, 0.25),
-    "ChannelCrop all 30% (l1)": lambda: [ChannelCrop(ratio=0.3, importance="l1")],
+    "ChannelCrop all 30% (l1)": lambda: [ChannelCrop(ratio=0.3, importance="l1", bias_compensation=False,
+                                                                 reconstruct=False)],
 }
 
 

@@ -33,7 +33,8 @@ def minilm_models(folder: Path) -> tuple[dict, Path, dict]:
     calibration = minilm.batches(datasets.lee_background()[:64], 8, seq=128)
     dense = capture_torch(minilm.module, zoo.torch_inputs(calibration[0]), minilm.dynamic_axes)
     dense_path = export_onnx(dense, folder / "minilm.onnx")
-    recipes = {"MiniLM channel crop 0.3": [ChannelCrop(ratio=0.3, importance="activation")],
+    recipes = {"MiniLM channel crop 0.3": [ChannelCrop(ratio=0.3, importance="activation",
+                                                                      bias_compensation=False, reconstruct=False)],
                "MiniLM token router 0.5": [TokenRouter(keep=0.5, start_block=2)]}
     paths = {"MiniLM dense": dense_path}
     for name, recipe in recipes.items():
