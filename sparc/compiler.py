@@ -27,7 +27,7 @@ from sparc.ops import has_sparc_ops, lower_to_standard
 from sparc.passes.pipeline import Pipeline
 from sparc.recipe import load_recipe
 from sparc.report import Report
-from sparc.runtime import LOWERINGS, OrtRunner
+from sparc.runtime import OrtRunner, lowered
 
 logger = logging.getLogger(__name__)
 
@@ -180,12 +180,8 @@ def compile(
 def _ort_executed_macs(model: ir.Model, feeds) -> int | None:
     """MACs of one run as ONNX Runtime executes ``model``: its ``ai.sparc`` ops lowered to dense
     MatMuls (None: the model has none, so it runs as stored)."""
-    domains = {node.domain for node in model.graph} & set(LOWERINGS)
-    if not domains:
-        return None
-    for domain in sorted(domains):
-        model = LOWERINGS[domain](model)
-    return count_macs(model, feeds)[0]
+    standard = lowered(model)
+    return None if standard is model else count_macs(standard, feeds)[0]
 
 
 def load(path: str | os.PathLike, *, threads: int | None = None) -> CompiledModel:

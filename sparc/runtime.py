@@ -89,7 +89,7 @@ class OrtRunner(Executable):
                 f"{ort.get_available_providers()}"
             )
         try:
-            self.session = _make_session(model, options, providers)
+            self.session = make_session(model, options, providers)
         except BackendError:
             raise
         except Exception as exc:
@@ -106,7 +106,14 @@ class OrtRunner(Executable):
         return dict(zip(self.output_names, outputs))
 
 
-def _make_session(model, options, providers) -> ort.InferenceSession:
+def lowered(model: ir.Model) -> ir.Model:
+    """``model`` with every registered domain's ops lowered to standard ONNX (itself if it has none)."""
+    for domain in sorted({node.domain for node in model.graph} & set(LOWERINGS)):
+        model = LOWERINGS[domain](model)
+    return model
+
+
+def make_session(model, options, providers) -> ort.InferenceSession:
     """A session over a file, or over the IR with registered domains lowered to standard ONNX."""
     if isinstance(model, (str, os.PathLike)):
         model = Path(model)
@@ -115,8 +122,7 @@ def _make_session(model, options, providers) -> ort.InferenceSession:
         if not any(op.domain in LOWERINGS for op in proto.opset_import):
             return ort.InferenceSession(str(model), options, providers=providers)
         model = ir.load(model)
-    for domain in sorted({node.domain for node in model.graph} & set(LOWERINGS)):
-        model = LOWERINGS[domain](model)
+    model = lowered(model)
     if weight_bytes(model) < PROTOBUF_LIMIT - 2**26:
         data = ir.serde.serialize_model(model).SerializeToString()
         return ort.InferenceSession(data, options, providers=providers)

@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from sparc.errors import BackendError
-from sparc.runtime import _make_session, one_line, session_options
+from sparc.runtime import make_session, one_line, session_options
 
 KERNEL_SUFFIX = "_kernel_time"
 
@@ -32,7 +32,7 @@ def node_times(model: ir.Model, feeds: Mapping[str, np.ndarray], *, threads: int
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "profile")
         try:
-            session = _make_session(model, options, ["CPUExecutionProvider"])
+            session = make_session(model, options, ["CPUExecutionProvider"])
             for _ in range(rounds + 1):
                 session.run(None, dict(feeds))
             path = session.end_profiling()

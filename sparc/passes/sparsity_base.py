@@ -224,9 +224,10 @@ class DensitySparsityPass(SparsityPass):
         mask = token_mask(model)
         norms = {layer.input.name: ChannelStats(mask) for layer in layers}
         collect(model, norms, self.calibration, threads=self.threads, description=f"{self.name} (OWL)")
-        ratios = [owl.outlier_ratio(layer.weight_kn(), np.sqrt(norms[layer.input.name].sq_sum), self.owl_threshold)
-                  for layer in layers]
-        values = owl.allocate(ratios, [layer.weight_kn().size for layer in layers], self.density, self.owl)
+        weights = [layer.weight_kn() for layer in layers]
+        ratios = [owl.outlier_ratio(w, np.sqrt(norms[layer.input.name].sq_sum), self.owl_threshold)
+                  for layer, w in zip(layers, weights)]
+        values = owl.allocate(ratios, [w.size for w in weights], self.density, self.owl)
         self.allocated = {layer.name: round(v, 4) for layer, v in zip(layers, values)}
         self.details["allocation"] = (f"OWL λ={self.owl:g}, M={self.owl_threshold:g}: densities "
                                       f"{min(values):.3f}–{max(values):.3f}")
