@@ -4,8 +4,9 @@ Each cell compiles one recipe of ``sparc.eval.corpus.RECIPES`` on one corpus mod
 judged by ``sparc.eval.corpus.outcome``: ok (with fidelity, params, MACs, speedup, quality),
 no-op with its reason, refused with a clean SparcError, or DEFECT.
 
-Usage: python benchmarks/corpus.py [--models NAME ...] [--recipes NAME ...] [--small]
-Writes results/corpus.{json,md}. The CI subset is ``tests/test_corpus.py``.
+Usage: python benchmarks/corpus.py [--models NAME ...] [--recipes NAME ...] [--small] [--merge]
+Writes results/corpus.{json,md}; with --merge, the rows of models not run now are kept, each
+with the commit it was measured at. The CI subset is ``tests/test_corpus.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=None, choices=list(corpus.RECIPES))
     parser.add_argument("--small", action="store_true", help="only the CI subset's models")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--merge", action="store_true", help="keep the stored rows of the models not run now")
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite results/corpus<tag>.md from its .json (judgements re-applied)")
     args = parser.parse_args()
@@ -37,20 +39,34 @@ def main() -> None:
         return _rewrite_markdown(args.tag)
     entries = [corpus.by_name(n) for n in args.models] if args.models else [
         e for e in corpus.ENTRIES if e.small or not args.small]
-    rows = []
+    kept = _stored_rows(args.tag, {e.name for e in entries}) if args.merge else []
+    rows, commit = [], _commit()
     for entry in entries:
         path = corpus.fetch(entry)
         calibration, evaluation = entry.data()
         dense = OrtRunner(str(path), threads=1)
         reference = [dense.run(f) for f in evaluation]
         for name in args.recipes or corpus.RECIPES:
-            row = {"model": entry.name, "recipe": name} | corpus.outcome(entry, path, corpus.RECIPES[name], calibration,
-                                                                       evaluation, reference, LATENCY_ROUNDS)
+            row = {"model": entry.name, "recipe": name, "commit": commit} | corpus.outcome(
+                entry, path, corpus.RECIPES[name], calibration, evaluation, reference, LATENCY_ROUNDS)
             print(_line(row), flush=True)
             rows.append(row)
-        done = [e for e in entries if any(r["model"] == e.name for r in rows)]  # written after each model
-        write_results(f"corpus{args.tag}", {"rows": rows, "models": _models(done), "commit": _commit()},
-                      _markdown(done, rows))
+        everything = _in_corpus_order(kept + rows)  # written after each model
+        done = [e for e in corpus.ENTRIES if any(r["model"] == e.name for r in everything)]
+        write_results(f"corpus{args.tag}", {"rows": everything, "models": _models(done)},
+                      _markdown(done, everything))
+
+
+def _stored_rows(tag: str, running: set[str]) -> list[dict]:
+    path = RESULTS / f"corpus{tag}.json"
+    stored = json.loads(path.read_text())["rows"] if path.exists() else []
+    return [row for row in stored if row["model"] not in running]
+
+
+def _in_corpus_order(rows: list[dict]) -> list[dict]:
+    order = {e.name: i for i, e in enumerate(corpus.ENTRIES)}
+    recipes = {name: i for i, name in enumerate(corpus.RECIPES)}
+    return sorted(rows, key=lambda r: (order[r["model"]], recipes.get(r["recipe"], len(recipes))))
 
 
 def _line(row: dict) -> str:
@@ -64,7 +80,7 @@ def _rewrite_markdown(tag: str) -> None:
     data = json.loads((RESULTS / f"corpus{tag}.json").read_text())
     rows = [corpus.flag_growth(row) for row in data["rows"]]
     entries = [corpus.by_name(m["name"]) for m in data["models"]]
-    write_results(f"corpus{tag}", data | {"rows": rows}, _markdown(entries, rows, data.get("commit")))
+    write_results(f"corpus{tag}", data | {"rows": rows}, _markdown(entries, rows))
 
 
 def _commit() -> str:
@@ -78,8 +94,18 @@ def _models(entries) -> list[dict]:
             for e in entries]
 
 
-def _markdown(entries, rows, commit: str | None = None) -> str:
-    lines = ["# The corpus outcome matrix", "", f"Run on {time.strftime('%Y-%m-%d')} at commit {commit or _commit()}.", "",
+def _commits(entries, rows) -> str:
+    """Which commit measured which model, e.g. 'abc1234 (m1, m2); def5678 (m3)'."""
+    by_commit: dict[str, list[str]] = {}
+    for entry in entries:
+        commit = next(r.get("commit", "unknown") for r in rows if r["model"] == entry.name)
+        by_commit.setdefault(commit, []).append(entry.name)
+    return "; ".join(f"{c} ({', '.join(names)})" for c, names in by_commit.items())
+
+
+def _markdown(entries, rows) -> str:
+    lines = ["# The corpus outcome matrix", "",
+             f"Written on {time.strftime('%Y-%m-%d')}. Measured at commit {_commits(entries, rows)}.", "",
              "`python benchmarks/corpus.py`: every recipe on every model of `sparc.eval.corpus` (ONNX files that "
              "pip packages ship, written by other exporters), 1 thread. Fidelity on the held-out calibration batch; "
              "params and MACs (as the backend executes them) against the original; speedup timed side by side "
