@@ -8,7 +8,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
-from tiny_models import seeded
+from tiny_models import seeded, unrolled_rnn
 from torch import nn
 
 import sparc
@@ -170,3 +170,17 @@ def test_inspect_shows_patterns_and_flags_violations(minilm_ir, tmp_path, capsys
     ir.save(model, path)
     assert main(["inspect", str(path)]) == 1
     assert "do not satisfy their sparsity annotation" in capsys.readouterr().out
+
+
+def test_layers_sharing_a_weight_share_one_compressed_copy():
+    model, weight = unrolled_rnn(steps=4)
+    compiled = sparc.compile(model, recipe=[NMSparsity(), FuseSparseOps()], example_inputs={"x": np.ones((2, 16), np.float32)},
+                             latency_rounds=0)
+    fused = [n for n in compiled.model.graph if n.op_type == "SparseLinear"]
+    assert len(fused) == 4 and len({n.inputs[1] for n in fused}) == 1
+    assert compiled.report.final.params < compiled.report.original.params == weight.size
+    lowered = lower_to_standard(compiled.model)
+    assert len(lowered.graph.initializers) == 1
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    np.testing.assert_allclose(OrtRunner(lowered).run({"x": x})["h3"], OrtRunner(compiled.model).run({"x": x})["h3"],
+                               rtol=1e-5, atol=1e-6)

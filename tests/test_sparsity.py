@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tiny_models import unrolled_rnn
 
 import sparc
 from sparc.algorithms import owl, sparsegpt
@@ -218,3 +219,40 @@ def test_owl_block_sparsity_on_minilm_spreads_densities_and_keeps_the_count(mini
 def test_owl_needs_one_density():
     with pytest.raises(RecipeError, match="owl"):
         UnstructuredSparsity(density={"*": 0.5}, owl=0.1)
+
+
+# -- weights shared by several layers (an unrolled RNN) --------------------------------------------
+
+
+def _step_inputs(model, calibration) -> list[np.ndarray]:
+    names = [layer.input.name for layer in find_linear_layers(model.graph)]
+    runner = exposing_runner(model, names)
+    return [np.concatenate([runner.run(feeds)[n] for feeds in calibration]) for n in names]
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_layers_sharing_a_weight_keep_one_weight_with_one_mask(method):
+    model, weight = unrolled_rnn()
+    batches = [{"x": np.random.default_rng(i).standard_normal((32, 16)).astype(np.float32)} for i in range(2)]
+    original_inputs = _step_inputs(model, batches)
+    compiled = sparc.compile(copy_model(model), recipe=[NMSparsity(method=method, calibration=batches)],
+                             calibration=batches, latency_rounds=0)
+    layers = find_linear_layers(compiled.model.graph)
+    assert len({id(layer.weight) for layer in layers}) == 1 and len(compiled.model.graph.initializers) == 1
+    assert compiled.report.final.params == compiled.report.original.params == weight.size
+    assert verify(layers[0].weight_kn().T, Pattern("nm", 0.5, 2, 4))[0]
+    assert "3 layers share 1 weights" in compiled.report.passes[0].details["shared"]
+    if method == "wanda":  # the mask scores |W|·‖X‖ with X every step's input, stacked
+        norms = np.sqrt(sum(np.square(x.astype(np.float64)).sum(0) for x in original_inputs))
+        expected = select_mask(np.abs(weight) * norms[None, :], Pattern("nm", 0.5, 2, 4), per_row=True)
+        np.testing.assert_array_equal(layers[0].weight_kn().T != 0, expected)
+
+
+def test_a_shared_weight_also_read_by_an_unselected_layer_is_copied_once():
+    model, weight = unrolled_rnn(steps=4)
+    NMSparsity(skip=["W@step3"])(model)
+    layers = {layer.node.name: layer for layer in find_linear_layers(model.graph)}
+    sparse = {id(layers[f"step{t}"].weight) for t in range(3)}
+    assert len(sparse) == 1 and id(layers["step3"].weight) not in sparse
+    np.testing.assert_array_equal(layers["step3"].weight.const_value.numpy(), weight)
+    assert len(model.graph.initializers) == 2

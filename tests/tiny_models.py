@@ -1,10 +1,14 @@
-"""Small torch models built in the tests (seeded, so every run sees the same weights)."""
+"""Small models built in the tests (seeded, so every run sees the same weights): torch modules,
+and ONNX graphs of shapes torch does not export."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+import onnx_ir as ir
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 
@@ -124,3 +128,18 @@ def _conv_bn(c_in, c_out, kernel, groups=1, activation=True):
     bn.running_var.uniform_(0.5, 2.0)
     layers = [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, groups=groups, bias=False), bn]
     return nn.Sequential(*layers, *([nn.ReLU6()] if activation else []))
+
+
+def unrolled_rnn(steps: int = 3, width: int = 16):
+    """h_{t+1} = tanh(Gemm(h_t, W, transB=1)) for ``steps`` steps, every step reading one W
+    (an unrolled RNN, as the legacy exporter writes LSTMs); returns the model and W."""
+    weight = np.random.default_rng(0).standard_normal((width, width)).astype(np.float32) / 4
+    nodes, state = [], "x"
+    for t in range(steps):
+        nodes += [helper.make_node("Gemm", [state, "W"], [f"g{t}"], name=f"step{t}", transB=1),
+                  helper.make_node("Tanh", [f"g{t}"], [f"h{t}"], name=f"tanh{t}")]
+        state = f"h{t}"
+    graph = helper.make_graph(nodes, "rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", width])],
+                              [helper.make_tensor_value_info(state, TensorProto.FLOAT, ["b", width])],
+                              [numpy_helper.from_array(weight, "W")])
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 17)])), weight

@@ -189,7 +189,8 @@ def layer_name(node: ir.Node, weight: ir.Value | None = None) -> str:
     """A readable name for the layer ``node`` belongs to.
 
     The torch exporter's innermost module scope (``encoder.layer.0.attention.self.query``)
-    when present, then the weight's original name (without ``.weight``), then the node name.
+    when present, then the weight's original name (without ``.weight``; ``W@node`` when several
+    MatMul/Gemm nodes read W, e.g. an unrolled RNN's steps), then the node name.
     """
     scopes = node.metadata_props.get(NAME_SCOPES_KEY)
     if scopes:
@@ -207,7 +208,12 @@ def layer_name(node: ir.Node, weight: ir.Value | None = None) -> str:
             except (ValueError, SyntaxError):
                 names = [original]
             if names:
-                return str(names[0]).removesuffix(".weight")
+                return _qualified(str(names[0]).removesuffix(".weight"), node, weight)
         if weight.name:
-            return weight.name.removesuffix(".weight")
+            return _qualified(weight.name.removesuffix(".weight"), node, weight)
     return node.name or node.op_type
+
+
+def _qualified(name: str, node: ir.Node, weight: ir.Value) -> str:
+    readers = sum(use.node.op_type in _WEIGHT_OPS for use in weight.uses())
+    return f"{name}@{node.name}" if readers > 1 and node.name else name

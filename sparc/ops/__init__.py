@@ -22,9 +22,9 @@ def has_sparc_ops(model: ir.Model) -> bool:
 def lower_to_standard(model: ir.Model) -> ir.Model:
     """A copy of ``model`` with every ``ai.sparc`` op replaced by standard ONNX ops."""
     lowered = copy_model(model)
-    opset = default_opset(lowered)
+    opset, dense = default_opset(lowered), {}
     for node in [n for n in lowered.graph if sparse_linear.is_sparse_linear(n)]:
-        sparse_linear.lower_to_onnx(lowered.graph, node, opset)
+        sparse_linear.lower_to_onnx(lowered.graph, node, opset, dense)
     lowered.opset_imports.pop(DOMAIN, None)
     RemoveUnusedNodesPass()(lowered)
     return lowered

@@ -120,12 +120,18 @@ def macs(node: ir.Node, shapes) -> int | None:
     return math.prod(x[:-1]) * int(np.count_nonzero(node_weight(node)))
 
 
-def lower_to_onnx(graph: ir.Graph, node: ir.Node, opset: int) -> None:
-    """Replace ``node`` by MatMul(X, Wᵀ) [+ Add(b)] [+ activation] of standard ONNX."""
+def lower_to_onnx(graph: ir.Graph, node: ir.Node, opset: int, dense: dict | None = None) -> None:
+    """Replace ``node`` by MatMul(X, Wᵀ) [+ Add(b)] [+ activation] of standard ONNX.
+
+    ``dense`` maps compressed weights already lowered to their dense initializer, so nodes
+    sharing one compressed weight share one dense copy."""
     attrs = attributes(node)
-    weight = node_weight(node)
     x, bias = node.inputs[0], node.inputs[4] if len(node.inputs) > 4 else None
-    kn = add_initializer(graph, f"{node.name}.weight", np.ascontiguousarray(weight.T))
+    dense = {} if dense is None else dense
+    key = tuple(id(v) for v in node.inputs[1:4])
+    if key not in dense:
+        dense[key] = add_initializer(graph, f"{node.name}.weight", np.ascontiguousarray(node_weight(node).T))
+    kn = dense[key]
     matmul = ir.node("MatMul", [x, kn], name=f"{node.name}_matmul")
     matmul.metadata_props.update(node.metadata_props)
     nodes = [matmul]

@@ -50,6 +50,38 @@ def set_weight(graph: ir.Graph, layer: LinearLayer, weight_kn: np.ndarray) -> No
     layer.weight = replace_initializer_input(graph, layer.node, 1, array, f"{layer.name}.weight")
 
 
+def set_shared_weight(graph: ir.Graph, layers: list[LinearLayer], weight_kn: np.ndarray) -> None:
+    """Give ``layers``, which read one stored weight in one orientation, the weight ``weight_kn``.
+
+    In place when nothing else reads the stored weight; else one copy for the layers reading it
+    directly and one [K, N] copy for those reading it through ``Transpose``.
+    """
+    if len(layers) == 1:
+        return set_weight(graph, layers[0], weight_kn)
+    stored = layers[0].weight
+    weight_kn = contiguous(np.asarray(weight_kn, dtype=np.float32))
+    array = weight_kn.T if layers[0].transposed else weight_kn
+    readers = {layer.transpose_node or layer.node for layer in layers}
+    nodes = {layer.node for layer in layers}
+    only_ours = all(use.node in readers for use in stored.uses()) and all(
+        use.node in nodes for layer in layers if layer.transpose_node for use in layer.transpose_node.outputs[0].uses())
+    if stored.is_initializer() and only_ours:
+        set_initializer(graph, stored, contiguous(array.astype(stored.dtype.numpy())))
+        return
+    direct = [layer for layer in layers if layer.transpose_node is None]
+    if direct:
+        fresh = add_initializer(graph, f"{direct[0].name}.weight", array)
+        for layer in direct:
+            layer.node.replace_input_with(1, fresh)
+            layer.weight = fresh
+    through_transpose = [layer for layer in layers if layer.transpose_node is not None]
+    if through_transpose:
+        fresh_kn = add_initializer(graph, f"{through_transpose[0].name}.weight_kn", weight_kn)
+        for layer in through_transpose:
+            layer.node.replace_input_with(1, fresh_kn)
+            layer.weight, layer.transpose_node, layer.transposed = fresh_kn, None, False
+
+
 def bias_of(layer: LinearLayer) -> np.ndarray | None:
     """The layer's bias as an array, or None."""
     return constant_array(layer.bias) if layer.bias is not None else None

@@ -9,7 +9,8 @@ Cases:
    Sigmoid and the Mul are y's only readers. An output read by anything else stops the fusion
    before it (the epilogue is not fused).
 The weight is stored compressed in the format the pattern calls for: N:M → ``nm``
-(values + positions), blocks → ``bsr``, unstructured → ``csr``. A layer whose compressed
+(values + positions), blocks → ``bsr``, unstructured → ``csr``; layers that read one weight
+(an unrolled RNN's steps) share one compressed copy. A layer whose compressed
 weight would not be smaller than its dense weight (CSR above about 2/3 density) is reported
 and left unfused: fusing it would make the model bigger, not smaller.
 """
@@ -37,6 +38,7 @@ class FuseSparseOps(SparcPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         fused, refused = collections.Counter(), []
+        stored: dict[tuple, list[ir.Value | None]] = {}  # one compressed copy per shared weight
         for layer in find_linear_layers(model.graph):
             pattern = annotation(layer.node)
             if pattern is None:
@@ -52,7 +54,11 @@ class FuseSparseOps(SparcPass):
                                f"than dense ({weight.nbytes:,} B)")
                 continue
             epilogue, activation = _epilogue(layer)
-            _fuse(model.graph, layer, weight.shape, pattern, fmt, tensors, epilogue, activation)
+            key = (id(layer.weight), layer.transposed, pattern)
+            if key not in stored:
+                stored[key] = [add_initializer(model.graph, f"{layer.name}.{k}", tensors[k]) if k in tensors else None
+                               for k in ("values", "indices", "indptr")]
+            _fuse(model.graph, layer, weight.shape, pattern, fmt, stored[key], epilogue, activation)
             fused[f"{pattern.describe()} + {activation}"] += 1
         if fused:
             model.opset_imports[DOMAIN] = DOMAIN_VERSION
@@ -94,11 +100,11 @@ def _compressed(weight, pattern) -> tuple[str, dict]:
     return fmt, op.compress(weight, fmt, pattern.block or (1, 1), pattern.n or 0, pattern.m or 0)
 
 
-def _fuse(graph, layer: LinearLayer, shape, pattern, fmt, tensors, epilogue: list[ir.Node], activation: str) -> None:
-    inputs = [layer.input]
-    for key in ("values", "indices", "indptr"):
-        inputs.append(add_initializer(graph, f"{layer.name}.{key}", tensors[key]) if key in tensors else None)
-    inputs.append(layer.bias)
+def _fuse(graph, layer: LinearLayer, shape, pattern, fmt, weight: list[ir.Value | None], epilogue: list[ir.Node],
+          activation: str) -> None:
+    """Replace the layer and its epilogue by one SparseLinear reading the compressed ``weight``
+    (values, indices, indptr)."""
+    inputs = [layer.input, *weight, layer.bias]
     attributes = {"format": fmt, "shape": list(shape), "activation": activation}
     if fmt == "bsr":
         attributes["blocksize"] = list(pattern.block)

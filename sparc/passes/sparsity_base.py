@@ -10,7 +10,9 @@ Cases:
    ``method="sparsegpt"``: OBS reconstruction with H = XᵀX (``sparc.algorithms.sparsegpt``); the damping
    it needed is reported.
 3. The mask is applied to the weight, and the node records the pattern in its
-   ``sparc.algorithms.sparsity`` annotation. Weights shared with other layers are copied first.
+   ``sparc.algorithms.sparsity`` annotation. Selected layers that share one weight (an unrolled
+   RNN's steps, tied projections) get one mask, from the statistics of all their inputs (the
+   first layer's pattern); a weight also read by an unselected node is copied once for them.
 4. Calibration (wanda, sparsegpt) is sequential by default: the layers are taken block by block
    (``analysis.blocks.find_segments``: transformer blocks, or a CNN's stages; layers outside
    every block in graph order around them), and a block's input statistics are collected on
@@ -104,22 +106,29 @@ class SparsityPass(SparcPass):
             return ir.passes.PassResult(model, modified=False)
         _check_finite_weights(layers)
         self.prepare(model, layers)
-        groups, calibration = self._calibration_groups(model, layers)
+        units = sharing_units(layers)
+        groups, calibration = self._calibration_groups(model, units)
         kept = total = 0
         raised = {}
         for group in groups:
-            stats = self._input_statistics(model, group)
-            updates = [(layer, self._sparsify(layer, self.pattern_for(layer), stats.get(layer.input.name)))
-                       for layer in group]
-            for layer, weight in updates:  # the group's masks computed: now mutate
-                edit.set_weight(model.graph, layer, weight.T)
-                annotate(layer.node, self.pattern_for(layer))
+            reducers = self._input_statistics(model, [layer for unit in group for layer in unit])
+            statistics = {unit[0].name: self._unit_statistic(unit, reducers) for unit in group}
+            updates = [(unit, self._sparsify(unit[0], self.pattern_for(unit[0]), statistics[unit[0].name]))
+                       for unit in group]
+            for unit, weight in updates:  # the group's masks computed: now mutate
+                edit.set_shared_weight(model.graph, unit, weight.T)
+                for layer in unit:
+                    annotate(layer.node, self.pattern_for(unit[0]))
                 kept += int(np.count_nonzero(weight))
                 total += weight.size
             if self.method == "sparsegpt":
-                raised.update({name: f.damping for name, f in stats.items() if f.damping > self.damping})
+                raised.update({name: f.damping for name, f in statistics.items() if f.damping > self.damping})
         self.details.update({"layers": len(layers), "density": round(kept / max(total, 1), 4),
                              "pattern": self.pattern_for(layers[0]).describe(), "method": self.method})
+        if len(units) < len(layers):
+            self.details["shared"] = (f"{len(layers) - len(units) + sum(len(u) > 1 for u in units)} layers share "
+                                      f"{sum(len(u) > 1 for u in units)} weights: one mask per weight, from the "
+                                      "statistics of all its layers' inputs")
         if self.method != "magnitude":
             self.details["calibration"] = calibration
         if self.method == "sparsegpt":
@@ -129,21 +138,22 @@ class SparsityPass(SparcPass):
     def prepare(self, model: ir.Model, layers: list[LinearLayer]) -> None:
         """Work on the selected layers before any is sparsified (none here)."""
 
-    def _calibration_groups(self, model, layers) -> tuple[list[list[LinearLayer]], str]:
-        """Layers in the order they are calibrated and sparsified (case 4 of the module docstring)."""
+    def _calibration_groups(self, model, units) -> tuple[list[list[list[LinearLayer]]], str]:
+        """Units of layers in the order they are calibrated and sparsified (case 4 of the module
+        docstring); a unit of layers sharing one weight goes with its first layer."""
         if self.method == "magnitude" or not self.sequential:
-            return [layers], "one pass"
+            return [units], "one pass"
         try:
             segments = find_segments(model)
         except StructureError as exc:
-            return [layers], f"one pass (no blocks: {exc})"
+            return [units], f"one pass (no blocks: {exc})"
         order = {node: i for i, node in enumerate(model.graph)}
         inside = {node: seg.index for seg in segments for node in nodes_between(seg.input, seg.output)}
         starts = [order.get(seg.input.producer(), -1) for seg in segments]
-        groups: dict[float, list[LinearLayer]] = defaultdict(list)
-        for layer in layers:
-            key = inside.get(layer.node)
-            groups[key if key is not None else bisect.bisect(starts, order[layer.node]) - 0.5].append(layer)
+        groups: dict[float, list[list[LinearLayer]]] = defaultdict(list)
+        for unit in units:
+            key = inside.get(unit[0].node)
+            groups[key if key is not None else bisect.bisect(starts, order[unit[0].node]) - 0.5].append(unit)
         return [groups[k] for k in sorted(groups)], f"sequential, {len(groups)} groups"
 
     def _input_statistics(self, model, layers) -> dict:
@@ -159,23 +169,38 @@ class SparsityPass(SparcPass):
             statistic = reducer.matrix if self.method == "sparsegpt" else reducer.sq_sum
             if statistic is None or not np.isfinite(statistic).all():
                 raise CalibrationError(f"the calibration statistics of {name!r} hold NaN or Inf")
-        if self.method == "sparsegpt":  # one factorization per distinct input
-            return {
-                name: sparsegpt.factor(g.matrix / max(g.rows, 1), self.damping)
-                for name, g in reducers.items()
-            }
         return reducers
 
-    def _sparsify(self, layer: LinearLayer, pattern: Pattern, stats) -> np.ndarray:
-        """The new W[out, in] of ``layer``."""
+    def _unit_statistic(self, unit: list[LinearLayer], reducers: dict):
+        """What the method needs for the weight the unit's layers share, from all their inputs:
+        wanda the input norms ‖X_j‖₂ = √(Σ_l Σ x²), sparsegpt the factor of H = Σ_l X_lᵀX_l / Σ_l rows."""
+        if self.method == "magnitude":
+            return None
+        inputs = [reducers[name] for name in dict.fromkeys(layer.input.name for layer in unit)]
+        if self.method == "wanda":
+            return np.sqrt(sum(r.sq_sum for r in inputs))
+        rows = sum(r.rows for r in inputs)
+        return sparsegpt.factor(sum(r.matrix for r in inputs) / max(rows, 1), self.damping)
+
+    def _sparsify(self, layer: LinearLayer, pattern: Pattern, statistic) -> np.ndarray:
+        """The new W[out, in] of ``layer``, from its ``_unit_statistic``."""
         weight = layer.weight_kn().T.astype(np.float64)
         if self.method == "sparsegpt":
-            return sparsegpt.prune(weight, stats, pattern, blocksize=self.blocksize)
+            return sparsegpt.prune(weight, statistic, pattern, blocksize=self.blocksize)
         scores = np.abs(weight)
         if self.method == "wanda":
-            scores = scores * stats.l2[None, :]
+            scores = scores * statistic[None, :]
         mask = select_mask(scores, pattern, per_row=self.method == "wanda")
         return np.where(mask, weight, 0.0)
+
+
+def sharing_units(layers: list[LinearLayer]) -> list[list[LinearLayer]]:
+    """The layers grouped by the weight they read (the same stored tensor, in the same
+    orientation), in order of each unit's first layer."""
+    units: dict[tuple, list[LinearLayer]] = {}
+    for layer in layers:
+        units.setdefault((id(layer.weight), layer.transposed), []).append(layer)
+    return list(units.values())
 
 
 def _check_finite_weights(layers: list[LinearLayer]) -> None:
