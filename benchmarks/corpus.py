@@ -116,7 +116,12 @@ def _markdown(entries, rows) -> str:
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["outcome"]] = counts.get(row["outcome"], 0) + 1
-    lines += ["", "Outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), "",
+    counted = [r for r in rows if r["outcome"] == "ok" and r["recipe"] not in corpus.NOT_COMPRESSING]
+    better = sum(corpus.smaller_or_faster(r) for r in counted)
+    lines += ["", "Outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".",
+              f"Smaller or faster: {better} of the {len(counted)} ok cells of compressing recipes "
+              f"({100 * better / max(len(counted), 1):.0f}%; params or executed MACs below 0.995× the original's, "
+              f"or ≥ {corpus.SPEEDUP_NOISE}× faster; {', '.join(corpus.NOT_COMPRESSING)} not counted).", "",
               "| model | recipe | outcome | fidelity / reason | params | MACs | speedup | quality | s |",
               "|---|---|---|---|---:|---:|---:|---|---:|"]
     for row in rows:

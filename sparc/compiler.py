@@ -24,6 +24,7 @@ from sparc.measure.cost import count_macs, model_stats
 from sparc.measure.latency import Latency, compare
 from sparc.measure.outputs import TOLERANCES, OutputError
 from sparc.ops import has_sparc_ops, lower_to_standard
+from sparc.passes.canonicalize import Canonicalize
 from sparc.passes.pipeline import Pipeline
 from sparc.recipe import load_recipe
 from sparc.report import Report
@@ -144,10 +145,11 @@ def compile(
     calib, valid, how = _split_data(ir_model, calibration, example_inputs, model)
     original = copy_model(ir_model)
     pipeline = Pipeline(
-        parsed.passes, calibration=calib, validation=valid, validate=validate, threads=threads,
-        fidelity=fidelity,
+        [Canonicalize(), *parsed.passes] if parsed.canonicalize else parsed.passes, calibration=calib,
+        validation=valid, validate=validate, threads=threads, fidelity=fidelity,
     )
     result = pipeline.run(ir_model)
+    canonical, entries = (result.entries[0], result.entries[1:]) if parsed.canonicalize else (None, result.entries)
     runner = backends.prepare(
         result.model, backend, target, threads=threads, **dict(backend_options or {})
     )
@@ -158,7 +160,8 @@ def compile(
         backend=backend,
         target=target,
         original=model_stats(original, data.batches[0] if data else None),
-        passes=result.entries,
+        passes=entries,
+        canonical=canonical,
         validation=how if validate else "disabled",
     )
     if backend == "tvm" and data is not None:

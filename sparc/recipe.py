@@ -7,6 +7,7 @@ A recipe is a list of passes, a dict, or a YAML/JSON file holding either::
       - RemoveUnused
     backend: onnxruntime
     target: cpu
+    canonicalize: true   # the default: Canonicalize runs before the passes
 
 Each list entry is a pass object, a pass name, or a one-key mapping ``{Name: {options}}``.
 Unknown keys, pass names and options raise :class:`RecipeError` naming them.
@@ -26,7 +27,7 @@ from sparc.errors import RecipeError
 from sparc.passes import FoldConstants, RemoveUnused
 from sparc.passes.base import SparcPass, build_pass
 
-RECIPE_KEYS = ("passes", "backend", "target")
+RECIPE_KEYS = ("passes", "backend", "target", "canonicalize")
 
 
 def default_passes() -> list[SparcPass]:
@@ -39,6 +40,7 @@ class Recipe:
     passes: list[SparcPass]
     backend: str | None = None
     target: str | None = None
+    canonicalize: bool = True
 
 
 def load_recipe(source) -> Recipe:
@@ -54,7 +56,10 @@ def load_recipe(source) -> Recipe:
         if unknown:
             raise RecipeError(f"unknown recipe key(s) {unknown}; a recipe has {list(RECIPE_KEYS)}")
         passes = _passes(source.get("passes", []))
-        return Recipe(passes, _optional_str(source, "backend"), _optional_str(source, "target"))
+        canonicalize = source.get("canonicalize", True)
+        if not isinstance(canonicalize, bool):
+            raise RecipeError(f"recipe key 'canonicalize' is true or false, not {canonicalize!r}")
+        return Recipe(passes, _optional_str(source, "backend"), _optional_str(source, "target"), canonicalize)
     if isinstance(source, Sequence):
         return Recipe(_passes(source))
     raise RecipeError(f"a recipe is a list, a dict or a file path, not {type(source).__name__}")

@@ -36,6 +36,7 @@ class Report:
     target_check: TargetCheck | None = None
     tvm: TvmBuild | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    canonical: PassEntry | None = None  # Canonicalize, run before the recipe's passes
     executed_macs: int | None = None  # MACs of one run as the backend executes it (None: as stored)
 
     @property
@@ -46,16 +47,23 @@ class Report:
 
     @property
     def final(self) -> ModelStats:
-        return self.passes[-1].stats if self.passes else self.original
+        return self.steps[-1].stats if self.steps else self.original
+
+    @property
+    def steps(self) -> list[PassEntry]:
+        """Canonicalize (when it ran) and the recipe's passes, in order."""
+        return ([self.canonical] if self.canonical else []) + self.passes
 
     @property
     def error(self) -> OutputError | None:
-        return self.passes[-1].error if self.passes else None
+        return self.steps[-1].error if self.steps else None
 
     def to_dict(self) -> dict[str, Any]:
         plain = _plain(dataclasses.asdict(self))
         for entry, data in zip(self.passes, plain["passes"]):
             data["error"] = _plain(entry.error.to_dict()) if entry.error else None
+        if self.canonical is not None:
+            plain["canonical"]["error"] = _plain(self.canonical.error.to_dict()) if self.canonical.error else None
         return plain | {
             "final": _plain(dataclasses.asdict(self.final)),
             "error": _plain(self.error.to_dict()) if self.error else None,
@@ -75,7 +83,7 @@ class Report:
             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
             _row("original", self.original, None, None),
         ]
-        for entry in self.passes:
+        for entry in self.steps:
             mark = "" if entry.modified else " (no change)"
             lines.append(_row(entry.name + mark, entry.stats, entry.error, entry))
         lines.append("")
@@ -93,7 +101,7 @@ class Report:
             )
         if self.target_check is not None:
             lines.append(self.target_check.to_markdown())
-        details = [(e.name, e.details) for e in self.passes if e.details]
+        details = [(e.name, e.details) for e in self.steps if e.details]
         if details:
             lines += ["", "## Pass details", ""]
             for name, detail in details:

@@ -3,7 +3,7 @@ outcome matrix. Each small model (paddle2onnx with weights in Constant nodes and
 sizes, tf2onnx, keras2onnx with three outputs and PRelu, a legacy torch export with If
 subgraphs and a recurrent state) runs through a few recipes; no cell may be a DEFECT (a crash,
 a wrapped internal error, output the checker or ONNX Runtime rejects, a silent no-op).
-The whole matrix: ``python benchmarks/corpus.py`` (about an hour)."""
+The whole matrix: ``python benchmarks/corpus.py`` (about three hours)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from sparc.eval import corpus
 from sparc.runtime import OrtRunner
 
 SMALL = [e.name for e in corpus.ENTRIES if e.small]
-CI_RECIPES = ["clean-up", "ChannelCrop 0.3", "2:4 Wanda + FuseSparseOps", "unstructured 0.5 OWL", "TokenRouter 0.8"]
+CI_RECIPES = ["clean-up", "ChannelCrop 0.3", "2:4 Wanda + FuseSparseOps", "unstructured 0.5 OWL + FuseSparseOps",
+              "TokenRouter 0.8"]
 
 
 @pytest.fixture(scope="module", params=SMALL)
@@ -60,3 +61,24 @@ def test_a_model_that_grows_is_a_defect():
     grown = corpus.flag_growth({"outcome": "ok", "params": 14.263})
     assert grown["outcome"] == "DEFECT" and "grew to 14.263×" in grown["reason"]
     assert corpus.flag_growth({"outcome": "ok", "params": 0.9})["outcome"] == "ok"
+
+
+def test_smaller_or_faster_needs_fewer_parameters_or_macs_or_a_real_speedup():
+    assert corpus.smaller_or_faster({"outcome": "ok", "params": 0.65, "macs": 1.0, "speedup": 0.97})
+    assert corpus.smaller_or_faster({"outcome": "ok", "params": 1.0, "macs": 0.8, "speedup": None})
+    assert corpus.smaller_or_faster({"outcome": "ok", "params": 1.0, "macs": 1.0, "speedup": 1.05})
+    assert not corpus.smaller_or_faster({"outcome": "ok", "params": 1.0, "macs": 1.0, "speedup": 1.02})
+    assert not corpus.smaller_or_faster({"outcome": "no-op", "params": 0.5})
+
+
+def test_a_recipe_whose_first_pass_does_nothing_is_a_no_op_with_that_pass_reason():
+    import numpy as np
+    from tiny_models import unrolled_rnn
+
+    from sparc import compile
+
+    model, _ = unrolled_rnn()
+    recipe = [{"NMSparsity": {"targets": ["nothing*"]}}, {"FuseSparseOps": {}}]
+    compiled = compile(model, recipe=recipe, example_inputs={"x": np.ones((2, 16), np.float32)}, latency_rounds=0)
+    cell = corpus._judge(compiled, recipe)
+    assert cell["outcome"] == "no-op" and cell["reason"].startswith("NMSparsity: no linear layer")

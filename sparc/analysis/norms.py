@@ -5,9 +5,11 @@ Cases recognised (x is the normalized value, γ the scale, β the shift, all con
 2. ``RMSNormalization(x, γ)`` (opset 23) with axis -1.
 3. Decomposed RMSNorm as Hugging Face Llama-style models export it:
    γ · (x · 1/√(mean(x²) + ε)) (onnxscript's RMSNorm fusion pattern, used to match only).
-4. Decomposed LayerNorm: γ · (x − mean x) / √(var + ε) (onnxscript's LayerNorm pattern),
-   optionally followed by ``Add(·, β)``.
-The analysis never rewrites: it reports which nodes form each norm.
+4. Decomposed LayerNorm: γ · (x − mean x) / √(var + ε) (``LastAxisLayerNorm``: ReduceMean's
+   axes as an input, opset 18+, or as an attribute, older opsets; Div or Mul by Reciprocal;
+   γ on either side), optionally followed by ``Add(·, β)``.
+The analysis never rewrites: it reports which nodes form each norm (``Canonicalize`` uses
+``LastAxisLayerNorm`` to fuse them).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter.rules.fusion import _layer_norm, _rms_normalization
+from onnxscript.rewriter import pattern
+from onnxscript.rewriter.rules.fusion import _rms_normalization
 
 from sparc.ir_utils import constant_array
 
@@ -38,7 +41,53 @@ class Norm:
 
 
 _RMS_RULES = _rms_normalization.rms_normalization_rules
-_LAYER_RULE = _layer_norm._layer_norm_rule
+FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE)
+
+
+class LastAxisLayerNorm(pattern.RewriteRuleClassBase):
+    """γ · (x − mean x) / √(mean (x − mean x)² + ε), both means over the last axis (case 4);
+    rewritten to ``LayerNormalization`` (opset 17+)."""
+
+    def pattern(self, op, x, scale, epsilon):
+        mean = op.ReduceMean(x, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["mean"])
+        deviation = op.Sub(x, mean)
+        squared = pattern.OrValue([op.Mul(deviation, deviation), op.Pow(deviation, 2)])
+        variance = op.ReduceMean(squared, _allow_other_inputs=True, _allow_other_attributes=True,
+                                 _outputs=["variance"])
+        std = op.Sqrt(op.Add(variance, epsilon))
+        normalized = pattern.OrValue([op.Div(deviation, std), op.Mul(deviation, op.Reciprocal(std))])
+        return op.Mul(normalized, scale)
+
+    def check(self, context, x, scale, epsilon, mean, variance, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if (x.dtype or scale.dtype) not in FLOAT_TYPES:  # x's type may be unknown before shape inference
+            return result.fail("not a float input", x)
+        value = constant_array(epsilon)
+        if value is None or value.size != 1:
+            return result.fail("epsilon is not a constant scalar", epsilon)
+        if not all(_means_last_axis(v.producer(), x) for v in (mean, variance)):
+            return result.fail("a mean is not over the last axis (keeping it)", x)
+        return result
+
+    def rewrite(self, op, x, scale, epsilon, **_):
+        return op.LayerNormalization(x, scale, axis=-1, epsilon=float(constant_array(epsilon).item()),
+                                     stash_type=(x.dtype or scale.dtype).value)
+
+
+def _means_last_axis(node: ir.Node, x: ir.Value) -> bool:
+    """ReduceMean over the last axis of x, keeping it (axes as an input or an attribute)."""
+    if node.attributes.get_int("keepdims", 1) != 1:
+        return False
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = constant_array(node.inputs[1])
+        axes = None if axes is None else axes.reshape(-1).tolist()
+    else:
+        axes = list(node.attributes.get_ints("axes", []))
+    rank = x.shape.rank() if x.shape is not None else None
+    return axes == [-1] or (rank is not None and axes in ([rank - 1], [-1 + rank]))
+
+
+LAYER_NORM_RULES = LastAxisLayerNorm.rule().commute()
 
 
 def find_norms(model: ir.Model) -> dict[ir.Value, Norm]:
@@ -61,9 +110,10 @@ def _as_norm(model: ir.Model, node: ir.Node) -> Norm | None:
             match = rule.match(model, model.graph, node, check_nodes_are_removable=False)
             if match:
                 return _decomposed("rms", match, node)
-        match = _LAYER_RULE.match(model, model.graph, node, check_nodes_are_removable=False)
-        if match:
-            return _with_bias(_decomposed("layer", match, node))
+        for rule in LAYER_NORM_RULES:
+            match = rule.match(model, model.graph, node, check_nodes_are_removable=False)
+            if match:
+                return _with_bias(_decomposed("layer", match, node))
     return None
 
 

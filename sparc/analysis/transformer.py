@@ -8,7 +8,9 @@ where every ``normᵢ`` is a normalization over the last axis (see ``sparc.analy
 its output is read only by linear layers (the readers: Q/K/V projections, gate/up
 projections, also with GQA or rotary embeddings behind them), and the branch output added to
 the stream is a linear layer (the writer: output or down projection, MatMul+Add or Gemm).
-The stream values are read by nothing but their norm and the next residual Add.
+The stream values are read by nothing but their norm, the next residual Add, and ``Shape``
+nodes whose result is only gathered at other axes than the last (the batch and sequence sizes
+a dynamic-axes export reads; slicing the stream leaves them as they are).
 
 Anything else (post-norm models such as BERT, an unknown op reading the stream, a stream
 value that is a graph output) is reported by :class:`StructureError` with the reason and
@@ -108,7 +110,7 @@ def find_transformer(model: ir.Model) -> TransformerStructure:
     value = start
     while True:
         norm = _single_norm(norm_by_input, value)
-        others = [u.node for u in value.uses() if u.node not in norm.nodes]
+        others = [u.node for u in value.uses() if u.node not in norm.nodes and not _reads_leading_sizes(u.node)]
         if value.is_graph_output():
             raise StructureError(f"stream value {value.name!r} is a graph output")
         if not others:
@@ -173,6 +175,22 @@ def _single_norm(norm_by_input, value: ir.Value) -> Norm:
             f"stream value {value.name!r} should be read by exactly one norm; it is read by {readers}"
         )
     return found[0]
+
+
+def _reads_leading_sizes(node: ir.Node) -> bool:
+    """A Shape node whose result is only gathered at constant axes other than the last."""
+    if node.op_type != "Shape" or node.domain != "" or node.attributes or node.outputs[0].is_graph_output():
+        return False
+    rank = node.inputs[0].shape.rank() if node.inputs[0].shape is not None else None
+    uses = node.outputs[0].uses()
+    for use in uses:
+        gather = use.node
+        if gather.op_type != "Gather" or gather.domain != "" or use.idx != 0 or rank is None:
+            return False
+        index = gather.inputs[1].const_value.numpy() if gather.inputs[1].const_value is not None else None
+        if index is None or np.any((index % rank) == rank - 1):
+            return False
+    return bool(uses)
 
 
 def _residual_add(value: ir.Value, others: list[ir.Node], norm: Norm) -> ir.Node:

@@ -2,6 +2,7 @@
 
 from sparc.passes.base import PASSES, SparcPass, build_pass
 from sparc.passes.block_sparsity import BlockSparsity
+from sparc.passes.canonicalize import Canonicalize
 from sparc.passes.channel_crop import ChannelCrop
 from sparc.passes.distill import Distill
 from sparc.passes.fold_constants import FoldConstants
@@ -19,6 +20,7 @@ from sparc.passes.unstructured_sparsity import UnstructuredSparsity
 __all__ = [
     "PASSES",
     "BlockSparsity",
+    "Canonicalize",
     "NMSparsity",
     "UnstructuredSparsity",
     "ChannelCrop",
