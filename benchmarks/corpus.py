@@ -5,8 +5,8 @@ judged by ``sparc.eval.corpus.outcome``: ok (with fidelity, params, MACs, speedu
 no-op with its reason, refused with a clean SparcError, or DEFECT.
 
 Usage: python benchmarks/corpus.py [--models NAME ...] [--recipes NAME ...] [--small] [--merge]
-Writes results/corpus.{json,md}; with --merge, the rows of models not run now are kept, each
-with the commit it was measured at. The CI subset is ``tests/test_corpus.py``.
+Writes results/corpus.{json,md}; with --merge, the stored cells not measured now are kept,
+each with the commit it was measured at. The CI subset is ``tests/test_corpus.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=None, choices=list(corpus.RECIPES))
     parser.add_argument("--small", action="store_true", help="only the CI subset's models")
     parser.add_argument("--tag", default="")
-    parser.add_argument("--merge", action="store_true", help="keep the stored rows of the models not run now")
+    parser.add_argument("--merge", action="store_true", help="keep the stored cells not measured now")
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite results/corpus<tag>.md from its .json (judgements re-applied)")
     args = parser.parse_args()
@@ -39,14 +39,15 @@ def main() -> None:
         return _rewrite_markdown(args.tag)
     entries = [corpus.by_name(n) for n in args.models] if args.models else [
         e for e in corpus.ENTRIES if e.small or not args.small]
-    kept = _stored_rows(args.tag, {e.name for e in entries}) if args.merge else []
+    recipes = args.recipes or list(corpus.RECIPES)
+    kept = _stored_rows(args.tag, {e.name for e in entries}, set(recipes)) if args.merge else []
     rows, commit = [], _commit()
     for entry in entries:
         path = corpus.fetch(entry)
         calibration, evaluation = entry.data()
         dense = OrtRunner(str(path), threads=1)
         reference = [dense.run(f) for f in evaluation]
-        for name in args.recipes or corpus.RECIPES:
+        for name in recipes:
             row = {"model": entry.name, "recipe": name, "commit": commit} | corpus.outcome(
                 entry, path, corpus.RECIPES[name], calibration, evaluation, reference, LATENCY_ROUNDS)
             print(_line(row), flush=True)
@@ -57,10 +58,11 @@ def main() -> None:
                       _markdown(done, everything))
 
 
-def _stored_rows(tag: str, running: set[str]) -> list[dict]:
+def _stored_rows(tag: str, models: set[str], recipes: set[str]) -> list[dict]:
+    """The stored cells this run does not measure again."""
     path = RESULTS / f"corpus{tag}.json"
     stored = json.loads(path.read_text())["rows"] if path.exists() else []
-    return [row for row in stored if row["model"] not in running]
+    return [row for row in stored if row["model"] not in models or row["recipe"] not in recipes]
 
 
 def _in_corpus_order(rows: list[dict]) -> list[dict]:
@@ -94,18 +96,22 @@ def _models(entries) -> list[dict]:
             for e in entries]
 
 
-def _commits(entries, rows) -> str:
-    """Which commit measured which model, e.g. 'abc1234 (m1, m2); def5678 (m3)'."""
-    by_commit: dict[str, list[str]] = {}
-    for entry in entries:
-        commit = next(r.get("commit", "unknown") for r in rows if r["model"] == entry.name)
-        by_commit.setdefault(commit, []).append(entry.name)
-    return "; ".join(f"{c} ({', '.join(names)})" for c, names in by_commit.items())
+def _commits(rows) -> str:
+    """Which commit measured which cells, e.g. 'abc1234: 180 cells; def5678: 15 cells (recipe R)'."""
+    by_commit: dict[str, list[dict]] = {}
+    for row in rows:
+        by_commit.setdefault(row.get("commit", "unknown"), []).append(row)
+    parts = []
+    for commit, cells in by_commit.items():
+        recipes = sorted({r["recipe"] for r in cells})
+        scope = f" ({', '.join(recipes)})" if len(recipes) < len(corpus.RECIPES) else ""
+        parts.append(f"{commit}: {len(cells)} cells{scope}")
+    return "; ".join(parts)
 
 
 def _markdown(entries, rows) -> str:
     lines = ["# The corpus outcome matrix", "",
-             f"Written on {time.strftime('%Y-%m-%d')}. Measured at commit {_commits(entries, rows)}.", "",
+             f"Written on {time.strftime('%Y-%m-%d')}. Measured at {_commits(rows)}.", "",
              "`python benchmarks/corpus.py`: every recipe on every model of `sparc.eval.corpus` (ONNX files that "
              "pip packages ship, written by other exporters), 1 thread. Fidelity on the held-out calibration batch; "
              "params and MACs (as the backend executes them) against the original; speedup timed side by side "

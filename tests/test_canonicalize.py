@@ -72,3 +72,14 @@ def test_norms_stay_decomposed_where_the_opset_has_no_layer_normalization():
     step(model)
     assert "layer norms fused" not in step.details
     assert [norm.kind for norm in find_norms(model).values()] == ["layer"] * 5  # matched as written
+
+
+def test_recovery_matches_blocks_against_the_canonical_original():
+    """Reconstruct pairs each compressed block with the original's: the original it gets is the
+    canonicalized one, so a legacy export's decomposed norms do not make the two differ."""
+    model = _legacy_gpt(folding=False)
+    batches = [{"ids": np.random.default_rng(i).integers(0, 97, size=(4, 16)).astype(np.int64)} for i in range(3)]
+    compiled = sparc.compile(model, recipe=[{"ChannelCrop": {"ratio": 0.25}}, {"Reconstruct": {"steps": 2}}],
+                             calibration=batches, latency_rounds=0)
+    assert [e.name for e in compiled.report.passes] == ["ChannelCrop", "Reconstruct"]
+    assert compiled.report.passes[1].modified

@@ -166,3 +166,26 @@ def test_a_pass_object_reused_across_compiles_gives_what_a_fresh_one_gives():
     assert ir.to_onnx_text(second.model) == ir.to_onnx_text(fresh.model)
     assert [e.details for e in second.report.passes] == [e.details for e in fresh.report.passes]
     assert first.report.passes[0].details is not second.report.passes[0].details
+
+
+def test_recovery_passes_get_the_original_as_the_lossless_passes_left_it():
+    """The reference a recovery pass pairs blocks with is taken after Canonicalize, so the
+    compressed model and the reference have one form (an Identity the exporter wrote is gone
+    from both)."""
+    import numpy as np
+    import onnx_ir as ir
+    from tiny_models import unrolled_rnn
+
+    import sparc
+    from sparc.passes import Distill, NMSparsity
+
+    model, _ = unrolled_rnn()
+    first = next(n for n in model.graph if n.op_type == "Tanh")
+    identity = ir.node("Identity", [first.outputs[0]], name="exporter_identity")
+    first.outputs[0].replace_all_uses_with(identity.outputs[0])
+    identity.replace_input_with(0, first.outputs[0])
+    model.graph.insert_after(first, identity)
+    distill = Distill(steps=1)
+    batches = [{"x": np.random.default_rng(i).standard_normal((8, 16)).astype(np.float32)} for i in range(3)]
+    sparc.compile(model, recipe=[NMSparsity(), distill], calibration=batches, latency_rounds=0)
+    assert not any(node.op_type == "Identity" for node in distill.reference.graph)

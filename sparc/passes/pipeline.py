@@ -11,7 +11,9 @@ After every pass:
 3. size and compute statistics, wall time (and the calibration and verification parts of
    it), and the process's peak resident memory while the pass ran (calibration included)
    are recorded for the report.
-Recovery passes get a copy of the model as it was given (weights shared, never written).
+Recovery passes get a copy of the model as the leading lossless passes (Canonicalize,
+FoldConstants) left it: the function given, in the form the compressing passes edit (weights
+shared, never written).
 Any failure, inside a pass or in its verification, becomes a :class:`PassError` naming the
 pass and the passes that ran before it.
 """
@@ -87,10 +89,12 @@ class Pipeline:
         reference = self._reference_outputs(model)
         last = reference
         feeds = self._reference_feeds()
-        self.original = model.clone() if any(p.needs_reference for p in self.passes) else None
+        self.original = None
         entries: list[PassEntry] = []
         for index, pass_ in enumerate(self.passes):
             previous = [p.name for p in self.passes[:index]]
+            if self.original is None and not pass_.lossless and any(p.needs_reference for p in self.passes):
+                self.original = model.clone()  # the reference for recovery: after the lossless passes
             start, calibrating = time.perf_counter(), calibration_seconds()
             with PeakMemory() as memory:
                 modified = self._apply(pass_, model, previous)
