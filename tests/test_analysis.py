@@ -84,3 +84,22 @@ def test_a_classifiers_output_softmax_is_not_attention():
                               [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["b", 4])], weights)
     model = load_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert [s.output.name for s in find_segments(model)] == ["joined", "probabilities"]
+
+
+def test_observed_shapes_skip_omitted_optional_outputs():
+    """An LSTM whose Y output is omitted (name ''), as exporters write it: the shapes of the
+    named values are measured, the nameless one is not asked for."""
+    import numpy as np
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+               for n, s in (("W", (1, 32, 4)), ("R", (1, 32, 8)))]
+    lstm = helper.make_node("LSTM", ["x", "W", "R"], ["", "h"], hidden_size=8)
+    relu = helper.make_node("Relu", ["h"], ["y"])
+    graph = helper.make_graph([lstm, relu], "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, "b", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], weights)
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    shapes = observed_shapes(model, list(model.graph), {"x": np.zeros((5, 2, 4), np.float32)})
+    assert shapes["h"] == (1, 2, 8) and "" not in shapes

@@ -533,7 +533,7 @@ def _refusal(exc: PassError) -> dict:
     message = _first_line(exc)
     if cause is not None and not isinstance(cause, (SparcError, ir.passes.PreconditionError)):
         return {"outcome": "DEFECT", "reason": f"wrapped {type(cause).__name__}: {message}"}
-    if "does not run" in message or "checker rejects" in message:
+    if any(sign in message for sign in ("does not run", "checker rejects", "cannot load the model")):
         return {"outcome": "DEFECT", "reason": message}
     return {"outcome": "refused", "reason": f"PassError: {message}"}
 

@@ -131,8 +131,8 @@ def observed_shapes(model: ir.Model, nodes, feeds: Feeds) -> dict[str, tuple[int
     wanted: list[str] = []
     for node in nodes:
         for value in (*node.inputs, *node.outputs):
-            if value is None or value.name in shapes or value.name in wanted:
-                continue
+            if value is None or not value.name or value.name in shapes or value.name in wanted:
+                continue  # (an omitted optional output has no name)
             if value.is_graph_input() and value.name in feeds:
                 shapes[value.name] = tuple(np.shape(feeds[value.name]))
                 continue
