@@ -101,3 +101,16 @@ def test_efficientnet_lite0_fixed_batch_refined_crop():
     assert any(c["chosen"] != "none" and c[c["chosen"]] < c["none"] for c in rounds)
     assert compiled.report.final.macs < compiled.report.original.macs
     assert compiled(calib[0]).shape == (4, 1000)
+
+
+def test_channels_read_by_a_conv_transpose_are_cut_without_compensation():
+    """A DBNet-style head (Conv → ReLU → ConvTranspose, as PaddleOCR's detector has): the
+    removed channels' mean contribution depends on the output position, so the ConvTranspose
+    is cut without a bias compensation instead of failing."""
+    module = seeded(nn.Sequential, nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 4, 2, stride=2))
+    batches = [{"input": np.random.default_rng(i).standard_normal((4, 3, 8, 8)).astype(np.float32)} for i in range(3)]
+    model = capture_torch(module, {"input": torch.from_numpy(batches[0]["input"])})
+    compiled = sparc.compile(model, recipe=[ChannelCrop(ratio=0.5, round_to=1, min_channels=1, bias_compensation=True,
+                                                         reconstruct=False)],
+                             calibration=batches, latency_rounds=0)
+    assert compiled.report.passes[0].modified and compiled.report.final.params < compiled.report.original.params

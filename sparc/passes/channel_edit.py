@@ -170,8 +170,12 @@ def _is_float(node: ir.Node, index: int) -> bool:
 
 
 def _compensation(node, member: Member, kept: np.ndarray, stats):
-    """mean(xᵢ)·ΣW[:, i] over removed channels i: what the consumer's output loses on average."""
+    """mean(xᵢ)·ΣW[:, i] over removed channels i: what the consumer's output loses on average
+    (None for consumers other than Conv and 2-D linear layers, e.g. ConvTranspose, whose lost
+    contribution depends on the output position)."""
     weight = constant_array(node.inputs[member.index]).astype(np.float64)
+    if node.op_type != "Conv" and weight.ndim != 2:
+        return None
     mean = stats[member.space.value.name].mean
     removed = np.setdiff1d(np.arange(weight.shape[member.axis]), kept)
     if not len(removed):
