@@ -4,7 +4,8 @@ Each cell compiles one recipe of ``sparc.eval.corpus.RECIPES`` on one corpus mod
 judged by ``sparc.eval.corpus.outcome``: ok (with fidelity, params, MACs, speedup, quality),
 no-op with its reason, refused with a clean SparcError, or DEFECT.
 
-Usage: python benchmarks/corpus.py [--models NAME ...] [--recipes NAME ...] [--small] [--merge]
+Usage: python benchmarks/corpus.py [--models NAME ...] [--recipes NAME ...] [--small] [--merge] [--tag T]
+       python benchmarks/corpus.py --absorb T ...   (merge shards run in parallel with --tag T)
 Writes results/corpus.{json,md}; with --merge, the stored cells not measured now are kept,
 each with the commit it was measured at. The CI subset is ``tests/test_corpus.py``.
 """
@@ -32,9 +33,14 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="only the CI subset's models")
     parser.add_argument("--tag", default="")
     parser.add_argument("--merge", action="store_true", help="keep the stored cells not measured now")
+    parser.add_argument("--absorb", nargs="+", default=None, metavar="TAG",
+                        help="merge the cells of results/corpus<TAG>.json (shards run in parallel) into "
+                             "results/corpus.json, replacing the same (model, recipe) cells")
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite results/corpus<tag>.md from its .json (judgements re-applied)")
     args = parser.parse_args()
+    if args.absorb:
+        return _absorb(args.absorb)
     if args.markdown_only:
         return _rewrite_markdown(args.tag)
     entries = [corpus.by_name(n) for n in args.models] if args.models else [
@@ -56,6 +62,15 @@ def main() -> None:
         done = [e for e in corpus.ENTRIES if any(r["model"] == e.name for r in everything)]
         write_results(f"corpus{args.tag}", {"rows": everything, "models": _models(done)},
                       _markdown(done, everything))
+
+
+def _absorb(tags: list[str]) -> None:
+    cells = {(r["model"], r["recipe"]): r for r in _stored_rows("", set(), set())}
+    for tag in tags:
+        cells.update({(r["model"], r["recipe"]): r for r in json.loads((RESULTS / f"corpus{tag}.json").read_text())["rows"]})
+    rows = _in_corpus_order(list(cells.values()))
+    done = [e for e in corpus.ENTRIES if any(r["model"] == e.name for r in rows)]
+    write_results("corpus", {"rows": rows, "models": _models(done)}, _markdown(done, rows))
 
 
 def _stored_rows(tag: str, models: set[str], recipes: set[str]) -> list[dict]:

@@ -76,7 +76,7 @@ def main() -> None:
                                          latency_rounds=0)
                 entry = compiled.report.passes[-1]
                 result = judged(compiled.run, model, reference["embeddings"])
-                timing = compare({"dense": lambda: dense.run(feeds), "compiled": lambda: compiled.run(feeds)},
+                timing = compare({"dense": lambda d=dense: d.run(feeds), "compiled": lambda c=compiled: c.run(feeds)},
                                  rounds=args.rounds, threads=1)
                 rows.append({"exporter": exporter, "recipe": name, "lee_r": result["lee_r"],
                              "cosine": result["cosine"], "speedup": round(1 / timing.ratios["compiled"], 3),
