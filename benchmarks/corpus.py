@@ -58,10 +58,10 @@ def main() -> None:
                 entry, path, corpus.RECIPES[name], calibration, evaluation, reference, LATENCY_ROUNDS)
             print(_line(row), flush=True)
             rows.append(row)
-        everything = _in_corpus_order(kept + rows)  # written after each model
-        done = [e for e in corpus.ENTRIES if any(r["model"] == e.name for r in everything)]
-        write_results(f"corpus{args.tag}", {"rows": everything, "models": _models(done)},
-                      _markdown(done, everything))
+            everything = _in_corpus_order(kept + rows)  # written after each cell
+            done = [e for e in corpus.ENTRIES if any(r["model"] == e.name for r in everything)]
+            write_results(f"corpus{args.tag}", {"rows": everything, "models": _models(done)},
+                          _markdown(done, everything), echo=False)
 
 
 def _absorb(tags: list[str]) -> None:
