@@ -67,7 +67,8 @@ class Canonicalize(SparcPass):
 
 
 def _remove_identities(model: ir.Model) -> int:
-    """Case 1's Identity nodes of the main graph, except those writing a graph output."""
+    """Case 1's Identity nodes of the main graph, except those writing a graph output (onnx-ir's
+    IdentityEliminationPass raises on a value that is also an output of an ``If`` body)."""
     removed = 0
     for node in list(model.graph):
         if node.op_type != "Identity" or node.domain != "" or node.outputs[0].is_graph_output():
