@@ -84,7 +84,7 @@ def _means_last_axis(node: ir.Node, x: ir.Value) -> bool:
     else:
         axes = list(node.attributes.get_ints("axes", []))
     rank = x.shape.rank() if x.shape is not None else None
-    return axes == [-1] or (rank is not None and axes in ([rank - 1], [-1 + rank]))
+    return axes == [-1] or (rank is not None and axes == [rank - 1])
 
 
 LAYER_NORM_RULES = LastAxisLayerNorm.rule().commute()

@@ -120,14 +120,13 @@ def macs(node: ir.Node, shapes) -> int | None:
     return math.prod(x[:-1]) * int(np.count_nonzero(node_weight(node)))
 
 
-def lower_to_onnx(graph: ir.Graph, node: ir.Node, opset: int, dense: dict | None = None) -> None:
+def lower_to_onnx(graph: ir.Graph, node: ir.Node, opset: int, dense: dict) -> None:
     """Replace ``node`` by MatMul(X, Wᵀ) [+ Add(b)] [+ activation] of standard ONNX.
 
     ``dense`` maps compressed weights already lowered to their dense initializer, so nodes
     sharing one compressed weight share one dense copy."""
     attrs = attributes(node)
     x, bias = node.inputs[0], node.inputs[4] if len(node.inputs) > 4 else None
-    dense = {} if dense is None else dense
     key = tuple(id(v) for v in node.inputs[1:4])
     if key not in dense:
         dense[key] = add_initializer(graph, f"{node.name}.weight", np.ascontiguousarray(node_weight(node).T))

@@ -80,7 +80,7 @@ def _remove_identities(model: ir.Model) -> int:
 
 
 def _fold_shapes(model: ir.Model) -> str:
-    """Case 2 (an ``If`` on a constant condition becomes its branch): 'N → M nodes', or ''."""
+    """Case 2: 'N → M nodes' (M may be larger where the folder inlined an ``If`` branch), or ''."""
     before = sum(1 for _ in model.graph)
     modified = optimizer.fold_constants_ir(model, input_size_limit=SHAPE_LIMIT, output_size_limit=SHAPE_LIMIT).modified
     RemoveUnusedNodesPass()(model)

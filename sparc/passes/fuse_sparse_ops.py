@@ -38,27 +38,21 @@ class FuseSparseOps(SparcPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         fused, refused = collections.Counter(), []
-        stored: dict[tuple, list[ir.Value | None]] = {}  # one compressed copy per shared weight
+        stored: dict[tuple, tuple[str, list] | str] = {}  # per weight: (format, compressed inputs) or why not
         for layer in find_linear_layers(model.graph):
             pattern = annotation(layer.node)
             if pattern is None:
                 continue
-            weight = layer.weight_kn().T
-            holds, _, reason = verify(weight, pattern)
-            if not holds:
-                refused.append(f"{layer.name}: {reason}")
-                continue
-            fmt, tensors = _compressed(weight, pattern)
-            if formats.nbytes(tensors) >= weight.nbytes:
-                refused.append(f"{layer.name}: {fmt} weight ({formats.nbytes(tensors):,} B) is not smaller "
-                               f"than dense ({weight.nbytes:,} B)")
-                continue
-            epilogue, activation = _epilogue(layer)
-            key = (id(layer.weight), layer.transposed, pattern)
+            key = (id(layer.weight), layer.transposed, pattern)  # layers sharing a weight share its copy
             if key not in stored:
-                stored[key] = [add_initializer(model.graph, f"{layer.name}.{k}", tensors[k]) if k in tensors else None
-                               for k in ("values", "indices", "indptr")]
-            _fuse(model.graph, layer, weight.shape, pattern, fmt, stored[key], epilogue, activation)
+                stored[key] = _stored_weight(model.graph, layer, pattern)
+            if isinstance(stored[key], str):
+                refused.append(f"{layer.name}: {stored[key]}")
+                continue
+            fmt, weight = stored[key]
+            epilogue, activation = _epilogue(layer)
+            _fuse(model.graph, layer, (layer.out_features, layer.in_features), pattern, fmt, weight, epilogue,
+                  activation)
             fused[f"{pattern.describe()} + {activation}"] += 1
         if fused:
             model.opset_imports[DOMAIN] = DOMAIN_VERSION
@@ -92,6 +86,20 @@ def _epilogue(layer: LinearLayer) -> tuple[list[ir.Node], str]:
         ):
             return [sigmoid, mul], "silu"
     return [], "none"
+
+
+def _stored_weight(graph, layer: LinearLayer, pattern) -> tuple[str, list[ir.Value | None]] | str:
+    """The layer's weight compressed into new initializers (format, [values, indices, indptr]),
+    or why it is not fused (the pattern does not hold, or the format would not be smaller)."""
+    weight = layer.weight_kn().T
+    holds, _, reason = verify(weight, pattern)
+    if not holds:
+        return reason
+    fmt, tensors = _compressed(weight, pattern)
+    if formats.nbytes(tensors) >= weight.nbytes:
+        return f"{fmt} weight ({formats.nbytes(tensors):,} B) is not smaller than dense ({weight.nbytes:,} B)"
+    return fmt, [add_initializer(graph, f"{layer.name}.{k}", tensors[k]) if k in tensors else None
+                 for k in ("values", "indices", "indptr")]
 
 
 def _compressed(weight, pattern) -> tuple[str, dict]:

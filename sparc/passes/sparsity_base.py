@@ -112,7 +112,13 @@ class SparsityPass(SparcPass):
         raised = {}
         for group in groups:
             reducers = self._input_statistics(model, [layer for unit in group for layer in unit])
-            statistics = {unit[0].name: self._unit_statistic(unit, reducers) for unit in group}
+            by_inputs = {}  # one statistic (one SparseGPT factorization) per distinct set of inputs
+            for unit in group:
+                inputs = tuple(dict.fromkeys(layer.input.name for layer in unit))
+                if inputs not in by_inputs:
+                    by_inputs[inputs] = self._unit_statistic(inputs, reducers)
+            statistics = {unit[0].name: by_inputs[tuple(dict.fromkeys(layer.input.name for layer in unit))]
+                          for unit in group}
             updates = [(unit, self._sparsify(unit[0], self.pattern_for(unit[0]), statistics[unit[0].name]))
                        for unit in group]
             for unit, weight in updates:  # the group's masks computed: now mutate
@@ -125,10 +131,10 @@ class SparsityPass(SparcPass):
                 raised.update({name: f.damping for name, f in statistics.items() if f.damping > self.damping})
         self.details.update({"layers": len(layers), "density": round(kept / max(total, 1), 4),
                              "pattern": self.pattern_for(layers[0]).describe(), "method": self.method})
-        if len(units) < len(layers):
-            self.details["shared"] = (f"{len(layers) - len(units) + sum(len(u) > 1 for u in units)} layers share "
-                                      f"{sum(len(u) > 1 for u in units)} weights: one mask per weight, from the "
-                                      "statistics of all its layers' inputs")
+        shared = [unit for unit in units if len(unit) > 1]
+        if shared:
+            self.details["shared"] = (f"{sum(map(len, shared))} layers share {len(shared)} weights: one mask per "
+                                      "weight, from the statistics of all its layers' inputs")
         if self.method != "magnitude":
             self.details["calibration"] = calibration
         if self.method == "sparsegpt":
@@ -171,12 +177,12 @@ class SparsityPass(SparcPass):
                 raise CalibrationError(f"the calibration statistics of {name!r} hold NaN or Inf")
         return reducers
 
-    def _unit_statistic(self, unit: list[LinearLayer], reducers: dict):
-        """What the method needs for the weight the unit's layers share, from all their inputs:
+    def _unit_statistic(self, names: tuple[str, ...], reducers: dict):
+        """What the method needs for a weight whose layers read the inputs ``names``:
         wanda the input norms ‖X_j‖₂ = √(Σ_l Σ x²), sparsegpt the factor of H = Σ_l X_lᵀX_l / Σ_l rows."""
         if self.method == "magnitude":
             return None
-        inputs = [reducers[name] for name in dict.fromkeys(layer.input.name for layer in unit)]
+        inputs = [reducers[name] for name in names]
         if self.method == "wanda":
             return np.sqrt(sum(r.sq_sum for r in inputs))
         rows = sum(r.rows for r in inputs)
