@@ -68,12 +68,20 @@ def make_target(target: str, threads: int | None):
     raise BackendError(f"the tvm backend has no target {target!r}; its targets: {list(TARGETS)}")
 
 
+SHARE_ALL_CORES = -3  # TVM's affinity mode: the pool's threads may run on any of the given cores
+
+
 def set_threads(threads: int | None) -> None:
-    """Size TVM's (process-wide) thread pool."""
+    """Size TVM's (process-wide) thread pool: ``threads`` workers (default: every core this
+    process may use), none pinned. TVM's own default is half the hardware threads (it assumes
+    hyper-threading), which is one thread on a 2-core VM, and its ``config_threadpool(0, n)``
+    keeps that cap; an explicit core list lifts it."""
     import tvm
 
-    if threads:
-        tvm.get_global_func("runtime.config_threadpool")(0, int(threads))
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    count = int(threads) if threads else len(cores)
+    os.environ["TVM_NUM_THREADS"] = str(count)  # for a pool TVM creates later
+    tvm.get_global_func("runtime.config_threadpool")(SHARE_ALL_CORES, count, [str(c) for c in cores])
 
 
 class TvmRunner(Executable):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from sparc.backends.tvm.kernels import VERSION, Layout, linear_kernel, pack
+from sparc.backends.tvm.kernels import PANEL, VERSION, Layout, linear_kernel, pack
 from sparc.files import cache_dir, write_atomic
 
 BLOCK_ROWS = (16, 8, 4)
@@ -28,6 +28,7 @@ MAX_CSR_DENSITY = 0.05
 NM_PATTERNS = ((2, 4), (4, 8))
 HEURISTIC_BLOCK_DENSITY = 0.5
 ROWS_OUTER_FROM = 64  # rows from which the rows-outer BSR loop order is also timed
+ROWS_OUTER_TILES = (8, 16)  # rows of X per register tile timed in that order
 
 
 @dataclass
@@ -57,7 +58,7 @@ def candidates(weight_nk: np.ndarray, rows: int = 1) -> list[Layout]:
         if n_out % br == 0 and stored_fraction(weight_nk, layout) <= MAX_BLOCK_DENSITY:
             found.append(layout)
             if rows >= ROWS_OUTER_FROM:
-                found.append(Layout("bsr", (br, 1), order="rows"))
+                found += [Layout("bsr", (br, 1), order="rows", tile=tile) for tile in ROWS_OUTER_TILES]
     if nonzero.mean() <= MAX_CSR_DENSITY:
         found.append(Layout("bsr", (1, 1)))
     for n, m in NM_PATTERNS:
@@ -100,7 +101,7 @@ def _time(weight_nk, rows: int, layout: Layout, activation: str, target) -> floa
     tensors = pack(weight_nk, layout)
     func = linear_kernel(rows, weight_nk.shape[1], weight_nk.shape[0], layout, tensors, activation)
     library = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
-    out_cols = tensors[0].shape[0] * 16 if layout.format == "dense" else weight_nk.shape[0]
+    out_cols = tensors[0].shape[0] * PANEL if layout.format == "dense" else weight_nk.shape[0]
     device = tvm.cpu()
     rng = np.random.default_rng(0)
     args = [rng.normal(size=(rows, weight_nk.shape[1])).astype(np.float32), *tensors,

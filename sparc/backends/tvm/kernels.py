@@ -29,15 +29,21 @@ from tvm.script import tirx as T
 
 from sparc.ops import formats
 
-VERSION = 2  # bump when kernels change: cached layout timings are keyed by it
-ROWS = 4  # rows of X per register tile
-PANEL = 16  # output rows per dense panel
+VERSION = 4  # bump when kernels change: cached layout timings are keyed by it
+ROWS = 8  # rows of X per register tile (dense, and BSR by default)
+PANEL = 16  # output rows per dense panel (one 512-bit vector)
+DENSE_PANELS = 2  # dense panels per register tile
+SPLIT = 4  # independent accumulators of a one-row tile
+LANES = 16  # float32 lanes of a vector register (AVX-512; narrower targets split it)
 
 
 def fast_exp(x):
     """e^x in float32 without libm (so LLVM vectorizes it): x·log2(e) = n + f, |f| ≤ 1/2,
     2^f by its degree-6 Taylor polynomial, 2^n built in the exponent bits; relative error
-    below 1e-6 (a few float32 ulps). Inputs are clamped to ±87.3 (results stay normal)."""
+    below 1e-6 (a few float32 ulps). Inputs are clamped to 87.3 above; below -87.3 the
+    result is 0, never a subnormal (a masked attention score would otherwise leave
+    subnormal probabilities, and every later multiply by one costs a microcode assist)."""
+    low = x < T.float32(-87.3)
     x = T.max(T.min(x, T.float32(87.3)), T.float32(-87.3))
     t = x * T.float32(1.4426950408889634)
     n = T.floor(t + T.float32(0.5))
@@ -45,7 +51,7 @@ def fast_exp(x):
     p = T.float32(1 / 720)
     for c in (1 / 120, 1 / 24, 1 / 6, 1 / 2, 1.0, 1.0):
         p = p * f + T.float32(c)
-    return p * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
+    return T.if_then_else(low, T.float32(0), p * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23)))
 
 
 def fast_erf(x):
@@ -85,11 +91,13 @@ class Layout:
     n: int = 0
     m: int = 0
     order: str = "panels"  # bsr loop order: "panels" (output panels in parallel) or "rows"
+    tile: int = ROWS  # bsr: rows of X per register tile
 
     def describe(self) -> str:
         if self.format == "bsr":
             rows = ", rows outer" if self.order == "rows" else ""
-            return f"bsr {self.block[0]}x{self.block[1]}{rows}"
+            tile = "" if self.tile == ROWS else f", tile {self.tile}"
+            return f"bsr {self.block[0]}x{self.block[1]}{rows}{tile}"
         if self.format == "nm":
             return f"{self.n}:{self.m}"
         return "dense"
@@ -100,7 +108,7 @@ def pack(weight_nk: np.ndarray, layout: Layout) -> list[np.ndarray]:
     weight_nk = np.ascontiguousarray(weight_nk, np.float32)
     n_out, k_in = weight_nk.shape
     if layout.format == "dense":
-        rows = math.ceil(n_out / PANEL) * PANEL
+        rows = math.ceil(n_out / (PANEL * DENSE_PANELS)) * PANEL * DENSE_PANELS
         padded = np.zeros((rows, k_in), np.float32)
         padded[:n_out] = weight_nk
         return [np.ascontiguousarray(padded.reshape(rows // PANEL, PANEL, k_in).transpose(0, 2, 1))]
@@ -118,16 +126,54 @@ def linear_kernel(m_rows: int, k_in: int, n_out: int, layout: Layout, weights: l
     """The PrimFunc ``(X, *weights, bias, Y)`` for ``layout`` (weights give the stored sizes)."""
     act = ACTIVATIONS[activation]
     if layout.format == "dense":
-        return _dense(m_rows, k_in, n_out, act)
+        return _dense(m_rows, k_in, weights[0].shape[0], act)
     if layout.format == "bsr":
-        return _bsr(m_rows, k_in, n_out, layout.block, weights[0].shape[0], act, layout.order == "rows")
+        return _bsr(m_rows, k_in, n_out, layout.block, weights[0].shape[0], act, layout.order == "rows", layout.tile)
     return _nm(m_rows, k_in, n_out, layout.n, layout.m, act)
 
 
-def _dense(M: int, K: int, N: int, act):
-    NP = math.ceil(N / PANEL)
-    TILES = M // ROWS
-    BR = PANEL
+def _dense(M: int, K: int, NP: int, act):
+    """``NP`` panels of 16 output rows, ``DENSE_PANELS`` at a time: a ``ROWS`` × 32 accumulator
+    tile (16 vector registers) per step of k, one weight vector load per 8 FMAs. A single row
+    (M = 1, or the rows after the last full tile) splits k four ways instead, so that four
+    independent FMA chains hide the FMA latency."""
+    BR, P, R, KU = PANEL, DENSE_PANELS, ROWS, SPLIT
+    NQ = NP // P
+    TILES = M // R
+    C = P * BR
+
+    @T.macro
+    def tile(X, V, B, Y, q, first):
+        acc = T.decl_buffer((R, C), "float32", scope="local")
+        for i in T.unroll(R):
+            for c in T.vectorized(C):
+                acc[i, c] = B[q * C + c]
+        for k in range(K):
+            for p in T.unroll(P):
+                for i in T.unroll(R):
+                    for b in T.vectorized(BR):
+                        acc[i, p * BR + b] = acc[i, p * BR + b] + V[q * P + p, k, b] * X[first + i, k]
+        for i in T.unroll(R):
+            for c in T.vectorized(C):
+                Y[first + i, q * C + c] = act(acc[i, c])
+
+    @T.macro
+    def one_row(X, V, B, Y, q, row):
+        acc = T.decl_buffer((KU, C), "float32", scope="local")
+        for u in T.unroll(KU):
+            for c in T.vectorized(C):
+                acc[u, c] = T.if_then_else(u == 0, B[q * C + c], T.float32(0))
+        for k4 in range(K // KU):
+            for u in T.unroll(KU):
+                for p in T.unroll(P):
+                    for b in T.vectorized(BR):
+                        acc[u, p * BR + b] = acc[u, p * BR + b] + V[q * P + p, k4 * KU + u, b] * X[row, k4 * KU + u]
+        for k in range(K // KU * KU, K):
+            for p in T.unroll(P):
+                for b in T.vectorized(BR):
+                    acc[0, p * BR + b] = acc[0, p * BR + b] + V[q * P + p, k, b] * X[row, k]
+        for c in T.vectorized(C):
+            Y[row, q * C + c] = act(acc[0, c] + acc[1, c] + acc[2, c] + acc[3, c])
 
     @T.prim_func
     def dense_linear(
@@ -135,55 +181,58 @@ def _dense(M: int, K: int, N: int, act):
         B: T.Buffer((NP * BR,), "float32"), Y: T.Buffer((M, NP * BR), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        for r in T.parallel(NP):
+        for q in T.parallel(NQ):
             for t in range(TILES):
-                acc = T.decl_buffer((ROWS, BR), "float32", scope="local")
-                for i in T.unroll(ROWS):
-                    for b in T.vectorized(BR):
-                        acc[i, b] = B[r * BR + b]
-                for k in range(K):
-                    for i in T.unroll(ROWS):
-                        for b in T.vectorized(BR):
-                            acc[i, b] = acc[i, b] + V[r, k, b] * X[t * ROWS + i, k]
-                for i in T.unroll(ROWS):
-                    for b in T.vectorized(BR):
-                        Y[t * ROWS + i, r * BR + b] = act(acc[i, b])
-            for row in range(TILES * ROWS, M):
-                one = T.decl_buffer((BR,), "float32", scope="local")
-                for b in T.vectorized(BR):
-                    one[b] = B[r * BR + b]
-                for k in range(K):
-                    for b in T.vectorized(BR):
-                        one[b] = one[b] + V[r, k, b] * X[row, k]
-                for b in T.vectorized(BR):
-                    Y[row, r * BR + b] = act(one[b])
+                tile(X, V, B, Y, q, t * R)
+            for row in range(TILES * R, M):
+                one_row(X, V, B, Y, q, row)
 
     return dense_linear
 
 
-def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act, rows_outer: bool):
+def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act, rows_outer: bool, R: int):
+    """Per output panel (br rows of W) and tile of ``R`` rows of X: an R × br accumulator tile,
+    one weight vector load per R FMAs (X's entries are broadcast from memory into the FMAs).
+    A single row splits the panel's stored blocks four ways (independent FMA chains)."""
     BR, BC = block
     NB = N // BR
-    TILES = M // ROWS
-    TAIL = M - TILES * ROWS
+    TILES = M // R
     NZ = max(NNZB, 1)  # a weight with no stored block still needs a buffer
+    KU = SPLIT
     load = _guarded_load(K) if K % BC else _plain_load
 
     @T.macro
-    def tile(X, V, I, P, B, Y, r, first, count):
-        """Rows first..first+count of output panel r, the accumulators in registers."""
-        acc = T.decl_buffer((count, BR), "float32", scope="local")
-        for i in T.unroll(count):
+    def tile(X, V, I, P, B, Y, r, first):
+        acc = T.decl_buffer((R, BR), "float32", scope="local")
+        for i in T.unroll(R):
             for b in T.vectorized(BR):
                 acc[i, b] = B[r * BR + b]
         for j in range(P[r], P[r + 1]):
             for c in T.unroll(BC):
-                for i in T.unroll(count):
+                for i in T.unroll(R):
                     for b in T.vectorized(BR):
                         acc[i, b] = acc[i, b] + V[j, b, c] * load(X, first + i, I[j] * BC + c)
-        for i in T.unroll(count):
+        for i in T.unroll(R):
             for b in T.vectorized(BR):
                 Y[first + i, r * BR + b] = act(acc[i, b])
+
+    @T.macro
+    def one_row(X, V, I, P, B, Y, r, row):
+        acc = T.decl_buffer((KU, BR), "float32", scope="local")
+        for u in T.unroll(KU):
+            for b in T.vectorized(BR):
+                acc[u, b] = T.if_then_else(u == 0, B[r * BR + b], T.float32(0))
+        for j4 in range((P[r + 1] - P[r]) // KU):
+            for u in T.unroll(KU):
+                for c in T.unroll(BC):
+                    for b in T.vectorized(BR):
+                        acc[u, b] = acc[u, b] + V[P[r] + j4 * KU + u, b, c] * load(X, row, I[P[r] + j4 * KU + u] * BC + c)
+        for j in range(P[r] + (P[r + 1] - P[r]) // KU * KU, P[r + 1]):
+            for c in T.unroll(BC):
+                for b in T.vectorized(BR):
+                    acc[0, b] = acc[0, b] + V[j, b, c] * load(X, row, I[j] * BC + c)
+        for b in T.vectorized(BR):
+            Y[row, r * BR + b] = act(acc[0, b] + acc[1, b] + acc[2, b] + acc[3, b])
 
     @T.prim_func
     def bsr_panels_outer(
@@ -194,9 +243,9 @@ def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act, rows_ou
         T.func_attr({"tirx.noalias": True})
         for r in T.parallel(NB):
             for t in range(TILES):
-                tile(X, V, I, P, B, Y, r, t * ROWS, ROWS)
-            for row in range(TAIL):
-                tile(X, V, I, P, B, Y, r, TILES * ROWS + row, 1)
+                tile(X, V, I, P, B, Y, r, t * R)
+            for row in range(TILES * R, M):
+                one_row(X, V, I, P, B, Y, r, row)
 
     @T.prim_func
     def bsr_rows_outer(
@@ -207,10 +256,10 @@ def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act, rows_ou
         T.func_attr({"tirx.noalias": True})
         for t in T.parallel(TILES):
             for r in range(NB):
-                tile(X, V, I, P, B, Y, r, t * ROWS, ROWS)
-        for row in range(TAIL):
+                tile(X, V, I, P, B, Y, r, t * R)
+        for row in range(TILES * R, M):
             for r in range(NB):
-                tile(X, V, I, P, B, Y, r, TILES * ROWS + row, 1)
+                one_row(X, V, I, P, B, Y, r, row)
 
     return bsr_rows_outer if rows_outer else bsr_panels_outer
 
@@ -249,25 +298,43 @@ def _nm(M: int, K: int, N: int, n: int, m: int, act):
 
 def softmax_kernel(rows: int, length: int):
     """Y[r, :] = softmax(X[r, :]) over the last axis: rows in parallel; per row the max, then
-    e^(x - max) (polynomial exp, vectorized) and its sum, then the scaling."""
-    R, L = rows, length
+    e^(x - max) (polynomial exp) and its sum, then the scaling, every pass vectorized: the max
+    and the sum are kept per lane (``LANES`` partial results) and combined at the end."""
+    R, L, W = rows, length, LANES
+    FULL = length // LANES * LANES
 
     @T.prim_func(s_tir=True)
     def softmax(X: T.Buffer((R, L), "float32"), Y: T.Buffer((R, L), "float32")):
         T.func_attr({"tirx.noalias": True})
         with T.sblock("root"):  # Relax's reshape analysis expects a root block
             for r in T.parallel(R):
+                part = T.decl_buffer((W,), "float32", scope="local")
                 stat = T.decl_buffer((2,), "float32", scope="local")
+                for w in T.vectorized(W):
+                    part[w] = T.float32(-3.4e38)
+                for i in range(FULL // W):
+                    for w in T.vectorized(W):
+                        part[w] = T.max(part[w], X[r, i * W + w])
                 stat[0] = T.float32(-3.4e38)
-                for i in range(L):
+                for w in range(W):
+                    stat[0] = T.max(stat[0], part[w])
+                for i in range(FULL, L):
                     stat[0] = T.max(stat[0], X[r, i])
                 for i in T.vectorized(L):
                     Y[r, i] = fast_exp(X[r, i] - stat[0])
+                for w in T.vectorized(W):
+                    part[w] = T.float32(0)
+                for i in range(FULL // W):
+                    for w in T.vectorized(W):
+                        part[w] = part[w] + Y[r, i * W + w]
                 stat[1] = T.float32(0)
-                for i in range(L):
+                for w in range(W):
+                    stat[1] = stat[1] + part[w]
+                for i in range(FULL, L):
                     stat[1] = stat[1] + Y[r, i]
+                stat[1] = T.float32(1) / stat[1]
                 for i in T.vectorized(L):
-                    Y[r, i] = Y[r, i] / stat[1]
+                    Y[r, i] = Y[r, i] * stat[1]
 
     return softmax
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 import onnxscript.optimizer as optimizer
+from onnxscript import rewriter
+from onnxscript.rewriter.ort_fusions import erfgelu, gelu
 import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
@@ -34,6 +36,7 @@ from sparc.errors import BackendError
 from sparc.ir_utils import copy_model
 from sparc.ops import has_sparc_ops, lower_to_standard
 
+GELU_RULES = rewriter.RewriteRuleSet([*gelu.gelu_rules.rules, *erfgelu.rules.rules])
 EPILOGUES = {"relax.nn.gelu": "gelu", "relax.nn.relu": "relu", "relax.sigmoid": "sigmoid", "relax.tanh": "tanh"}
 
 
@@ -67,7 +70,14 @@ def compile_model(model: ir.Model, shapes: dict[str, tuple[int, ...]], target, *
 
 
 def _specialized_onnx(model: ir.Model, shapes):
+    """The model as the frontend imports it best: canonical (sparc's ``Canonicalize``), the
+    feeds' static shapes, every shape computation and mask (``ConstantOfShape`` too) folded,
+    and GELU written out by an exporter (``x·½(1 + erf(x/√2))`` in any operand order) as one
+    ``Gelu``, so linear kernels take it as their epilogue."""
+    from sparc.passes.canonicalize import Canonicalize
+
     model = lower_to_standard(model) if has_sparc_ops(model) else copy_model(model)
+    Canonicalize()(model)
     dtypes = {}
     for value in model.graph.inputs:
         if value.name not in shapes:
@@ -78,10 +88,17 @@ def _specialized_onnx(model: ir.Model, shapes):
     level = folder_log.level
     folder_log.setLevel(logging.ERROR)  # a node the reference evaluator cannot fold just stays
     try:
-        optimizer.optimize_ir(model, num_iterations=2)
+        optimizer.optimize_ir(model, num_iterations=2, should_fold=_fold_masks)
     finally:
         folder_log.setLevel(level)
+    GELU_RULES.apply_to_model(model)
     return ir.serde.serialize_model(model), dtypes
+
+
+def _fold_masks(node: ir.Node) -> bool | None:
+    """Fold ``ConstantOfShape`` of a constant shape (onnxscript keeps it to keep files small; the
+    frontend mis-imports its 1-element ``value``); the default rule for every other node."""
+    return True if node.op_type == "ConstantOfShape" and node.inputs[0].const_value is not None else None
 
 
 def _pipeline(target, unscheduled: list[str]):
