@@ -39,6 +39,9 @@ def _sparse_weight(rng, layout, n_out, k_in):
         keep = rng.random((n_out // br, -(-k_in // bc))) < 0.4
         keep[0] = False  # an empty block row
         weight *= np.repeat(np.repeat(keep, br, axis=0), bc, axis=1)[:, :k_in]
+    if layout.format == "csr":
+        weight *= rng.random(weight.shape) < 0.4
+        weight[5] = 0  # an output with no stored value
     if layout.format == "nm":
         groups = -(-k_in // layout.m)
         keep = np.argsort(rng.random((n_out, groups, layout.m)), axis=2) < layout.n
@@ -48,11 +51,13 @@ def _sparse_weight(rng, layout, n_out, k_in):
 
 LAYOUTS = [Layout("dense"), Layout("bsr", (16, 1)), Layout("bsr", (8, 1)), Layout("bsr", (4, 1)),
            Layout("bsr", (1, 1)), Layout("bsr", (4, 4)), Layout("bsr", (16, 1), order="rows"),
-           Layout("bsr", (4, 4), order="rows"), Layout("nm", n=2, m=4), Layout("nm", n=4, m=8)]
+           Layout("bsr", (4, 4), order="rows"), Layout("bsr", (16, 1), order="rows", tile=16), Layout("csr"),
+           Layout("nm", n=2, m=4), Layout("nm", n=4, m=8)]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.describe())
-@pytest.mark.parametrize("rows,k_in", [(1, 48), (7, 30)])  # M = 1; a row tail; K not a multiple of bc/m
+@pytest.mark.parametrize("rows,k_in", [(1, 48), (7, 30), (70, 200)])  # M = 1; row tails; K not a multiple
+# of bc/m; several row tiles and input slices
 def test_kernels_match_the_sparse_linear_reference(layout, rows, k_in):
     rng = np.random.default_rng(rows)
     n_out = 48 if layout.format != "dense" else 40  # the dense panel pads 40 to 48 rows

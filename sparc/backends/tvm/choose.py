@@ -1,9 +1,11 @@
 """Per-layer choice of weight layout: time each candidate kernel here, keep the fastest.
 
 Candidates for W[N, K]: ``dense`` always; ``bsr`` br×1 for br in 16, 8, 4 (br | N) when at most
-70% of those blocks hold a non-zero (both loop orders from 64 rows on), ``bsr`` 1×1 (CSR) at most 5% density (CSR kernels lose to
-dense above that on CPUs); ``nm`` 2:4 / 4:8 when W satisfies it. Each candidate kernel is
-compiled alone and timed on random X of the layer's real row count (median of repeats).
+70% of those blocks hold a non-zero (from 64 rows on also the rows-outer order, with 8- and
+16-row tiles); ``bsr`` 1×1 at most 5% density; the rows-vectorized ``csr`` kernel for
+unstructured sparsity at most 45% density from 16 rows on (N a multiple of 16); ``nm`` 2:4 /
+4:8 when W satisfies it. Each candidate kernel is compiled alone and timed on random X of
+the layer's real row count (median of repeats).
 A kernel's time depends on the layer's shape, rows, epilogue and the fraction of blocks
 stored, not on where the blocks are, so timings are cached in ``$SPARC_CACHE/tvm-layouts.json``
 under (kernel version, target, threads, shape, rows, activation, layout, stored fraction to
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
+from sparc.backends.tvm import kernels
 from sparc.backends.tvm.kernels import PANEL, VERSION, Layout, linear_kernel, pack
 from sparc.files import cache_dir, write_atomic
 
@@ -28,6 +31,8 @@ MAX_CSR_DENSITY = 0.05
 NM_PATTERNS = ((2, 4), (4, 8))
 HEURISTIC_BLOCK_DENSITY = 0.5
 ROWS_OUTER_FROM = 64  # rows from which the rows-outer BSR loop order is also timed
+MAX_ROWS_CSR_DENSITY = 0.45  # the rows-vectorized CSR kernel: at half density it only ties dense
+CSR_FROM_ROWS = 16  # ... and it needs a full vector of rows
 ROWS_OUTER_TILES = (8, 16)  # rows of X per register tile timed in that order
 
 
@@ -61,6 +66,8 @@ def candidates(weight_nk: np.ndarray, rows: int = 1) -> list[Layout]:
                 found += [Layout("bsr", (br, 1), order="rows", tile=tile) for tile in ROWS_OUTER_TILES]
     if nonzero.mean() <= MAX_CSR_DENSITY:
         found.append(Layout("bsr", (1, 1)))
+    if rows >= CSR_FROM_ROWS and n_out % kernels.LANES == 0 and nonzero.mean() <= MAX_ROWS_CSR_DENSITY:
+        found.append(Layout("csr"))
     for n, m in NM_PATTERNS:
         if _is_nm(nonzero, n, m):
             found.append(Layout("nm", n=n, m=m))

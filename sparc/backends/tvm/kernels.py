@@ -2,21 +2,27 @@
 
 Every kernel computes Y[M, N] = act(X[M, K] · Wᵀ + b) for W[N, K] stored in one of:
 
-- ``dense``: panels ``V[N/16, K, 16]`` (16 output rows side by side per input column).
+- ``dense``: panels ``V[N/16, K, 16]`` (16 output rows side by side per input column), N
+  padded to a multiple of 32.
 - ``bsr`` with br×bc blocks (br | N): ``values[nnzb, br, bc]``, ``indices[nnzb]`` (block
   column), ``indptr[N/br + 1]``; the last block column may overhang K (guarded loads).
+- ``csr`` (unstructured): ``values[nnz]``, ``columns[nnz]`` (uint16 when K allows) and
+  ``starts[N, S + 1]``, where each row's values of each slice of input columns begin.
 - ``nm``: ``values[N, G·n]`` and ``positions[N, G·n]`` (place inside each group of m inputs),
   G = ceil(K / m).
 
-Schedule (written into the loops, no tuning): ``ROWS`` rows of X at a time keep a ROWS×br
-accumulator tile in registers while an output panel's stored columns stream by (for each
-stored column: one vector load of weights, ROWS broadcast FMAs, vectorized over the panel's
-br rows); the epilogue (bias, activation) is applied when the tile is written. Rows left
-over after the last full tile use a one-row tile. BSR has two loop orders: output panels in
+Schedules (written into the loops, no tuning): dense and BSR keep a register tile of
+accumulators (rows of X × output features) while the stored input columns stream by: for
+each, one vector load of weights and one FMA per row with X's entry broadcast from memory.
+Dense tiles are 8 rows × 32 outputs (16 registers); BSR tiles are 8 or 16 rows × br. A single
+row (M = 1, or rows after the last full tile) splits the work four ways instead, so four
+independent FMA chains hide the FMA latency. BSR has two loop orders: output panels in
 parallel, each sweeping all rows (the weights stay in cache; best for few rows), or row tiles
 in parallel, each sweeping all panels (X's tile stays in L1 while the compressed weight
-streams from L2; best for many rows at low density). The layout choice times both.
-Activations use polynomial exp/erf (no libm calls), so epilogues vectorize too.
+streams from L2; best for many rows at low density). CSR vectorizes over rows of Xᵀ instead
+(``_csr``). The layout choice times the candidates. The epilogue (bias, activation) is
+applied when a tile is written; activations use polynomial exp/erf (no libm calls), so
+epilogues vectorize too.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ ROWS = 8  # rows of X per register tile (dense, and BSR by default)
 PANEL = 16  # output rows per dense panel (one 512-bit vector)
 DENSE_PANELS = 2  # dense panels per register tile
 SPLIT = 4  # independent accumulators of a one-row tile
+CSR_ROWS = 64  # rows of X per unstructured tile (4 vectors)
+CSR_CHUNKS = 8  # output chunks per row tile run in parallel (unstructured)
+CSR_SLICE = 96  # input columns per slice (unstructured): a slice of Xᵀ's row tile is 24 KB
 LANES = 16  # float32 lanes of a vector register (AVX-512; narrower targets split it)
 
 
@@ -86,7 +95,7 @@ ACTIVATIONS = {
 class Layout:
     """How one linear layer's weight is stored for its kernel."""
 
-    format: str  # "dense" | "bsr" | "nm"
+    format: str  # "dense" | "bsr" | "csr" | "nm"
     block: tuple[int, int] = (1, 1)
     n: int = 0
     m: int = 0
@@ -100,6 +109,8 @@ class Layout:
             return f"bsr {self.block[0]}x{self.block[1]}{rows}{tile}"
         if self.format == "nm":
             return f"{self.n}:{self.m}"
+        if self.format == "csr":
+            return "csr, rows vectorized"
         return "dense"
 
 
@@ -118,8 +129,27 @@ def pack(weight_nk: np.ndarray, layout: Layout) -> list[np.ndarray]:
         if len(indices) == 0:  # an all-zero weight: one unread block keeps the buffers non-empty
             values, indices = np.zeros((1, *layout.block), np.float32), np.zeros(1, np.int32)
         return [values, indices, tensors["indptr"].astype(np.int32)]
+    if layout.format == "csr":
+        tensors = formats.compress_csr(weight_nk)
+        values, columns = tensors["values"], tensors["indices"]
+        starts = _slice_starts(tensors["indptr"].astype(np.int64), columns, k_in)
+        if len(values) == 0:
+            values, columns = np.zeros(1, np.float32), np.zeros(1, columns.dtype)
+        return [values, columns, starts]
     tensors = formats.compress_nm(weight_nk, layout.n, layout.m)
     return [tensors["values"], tensors["indices"].astype(np.int32)]
+
+
+def _slice_starts(indptr: np.ndarray, columns: np.ndarray, k_in: int) -> np.ndarray:
+    """P[n, s]: the index of row n's first stored value in column slice s (or later); P[n, S] is
+    the row's end. Within a row the columns are sorted, so each start is a binary search."""
+    slices = math.ceil(k_in / CSR_SLICE)
+    bounds = np.arange(slices + 1) * CSR_SLICE
+    starts = np.empty((len(indptr) - 1, slices + 1), np.int32)
+    for n in range(len(indptr) - 1):
+        row = columns[indptr[n]:indptr[n + 1]]
+        starts[n] = indptr[n] + np.searchsorted(row, bounds)
+    return starts
 
 
 def linear_kernel(m_rows: int, k_in: int, n_out: int, layout: Layout, weights: list[np.ndarray], activation: str):
@@ -129,6 +159,8 @@ def linear_kernel(m_rows: int, k_in: int, n_out: int, layout: Layout, weights: l
         return _dense(m_rows, k_in, weights[0].shape[0], act)
     if layout.format == "bsr":
         return _bsr(m_rows, k_in, n_out, layout.block, weights[0].shape[0], act, layout.order == "rows", layout.tile)
+    if layout.format == "csr":
+        return _csr(m_rows, k_in, n_out, weights[0].shape[0], str(weights[1].dtype), act)
     return _nm(m_rows, k_in, n_out, layout.n, layout.m, act)
 
 
@@ -262,6 +294,65 @@ def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act, rows_ou
                 one_row(X, V, I, P, B, Y, r, row)
 
     return bsr_rows_outer if rows_outer else bsr_panels_outer
+
+
+def _csr(M: int, K: int, N: int, NNZ: int, column_type: str, act):
+    """Unstructured sparsity (N a multiple of 16), vectorized over rows of X instead of output
+    features. X is first transposed (Xᵀ[K, M'], M' = M rounded up to ``CSR_ROWS``). Per tile of
+    ``CSR_ROWS`` rows and chunk of outputs, the inputs are swept in slices of ``CSR_SLICE``
+    columns (that slice of Xᵀ stays in L1): for each output n, every stored w = W[n, c] of the
+    slice adds w · Xᵀ[c, rows] to n's partial sums (one broadcast, ``CSR_ROWS``/16 vector loads
+    and FMAs, independent chains). ``P[n, s]`` is where row n's values of slice s start. The
+    partial sums are written back sixteen outputs at a time, row by row, with the epilogue.
+    Columns are stored as uint16 when K allows, so a stored value costs 6 bytes."""
+    W, TV, RT = LANES, CSR_ROWS // LANES, CSR_ROWS
+    TP = (M + RT - 1) // RT
+    MP = TP * RT
+    S = (K + CSR_SLICE - 1) // CSR_SLICE
+    GROUPS = N // W
+    NCH = max(1, min(CSR_CHUNKS, GROUPS))
+    CG = (GROUPS + NCH - 1) // NCH  # groups of 16 outputs per chunk
+    CN = CG * W
+
+    @T.macro
+    def slice_sums(V, C, P, B, XT, part, first, s, n, local):
+        acc = T.decl_buffer((TV, W), "float32", scope="local")
+        for v in T.unroll(TV):
+            for w in T.vectorized(W):
+                acc[v, w] = T.if_then_else(s == 0, B[n], part[local, v * W + w])
+        for j in range(P[n, s], P[n, s + 1]):
+            for v in T.unroll(TV):
+                for w in T.vectorized(W):
+                    acc[v, w] = acc[v, w] + V[j] * XT[T.Cast("int32", C[j]), first + v * W + w]
+        for v in T.unroll(TV):
+            for w in T.vectorized(W):
+                part[local, v * W + w] = acc[v, w]
+
+    @T.prim_func
+    def csr_linear(
+        X: T.Buffer((M, K), "float32"), V: T.Buffer((NNZ,), "float32"), C: T.Buffer((NNZ,), column_type),
+        P: T.Buffer((N, S + 1), "int32"), B: T.Buffer((N,), "float32"), Y: T.Buffer((M, N), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        XT = T.decl_buffer((K, MP), "float32")
+        for k in T.parallel(K):
+            for m0 in range(MP // W):
+                for m in T.vectorized(W):
+                    XT[k, m0 * W + m] = T.if_then_else(m0 * W + m < M, X[T.min(m0 * W + m, M - 1), k], T.float32(0))
+        for job in T.parallel(TP * NCH):
+            part = T.decl_buffer((CN, RT), "float32")
+            for s in range(S):
+                for local in range(CN):
+                    if job % NCH * CN + local < N:
+                        slice_sums(V, C, P, B, XT, part, job // NCH * RT, s, job % NCH * CN + local, local)
+            for g in range(CG):
+                if job % NCH * CN + g * W < N:
+                    for r in range(RT):
+                        if job // NCH * RT + r < M:
+                            for w in T.vectorized(W):
+                                Y[job // NCH * RT + r, job % NCH * CN + g * W + w] = act(part[g * W + w, r])
+
+    return csr_linear
 
 
 def _nm(M: int, K: int, N: int, n: int, m: int, act):

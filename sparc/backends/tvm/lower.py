@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 import onnxscript.optimizer as optimizer
+import tvm
 from onnxscript import rewriter
 from onnxscript.rewriter.ort_fusions import erfgelu, gelu
-import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from tvm.s_tir import dlight
