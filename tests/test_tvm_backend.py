@@ -10,11 +10,13 @@ from tiny_models import MLP, seeded
 
 import sparc
 from sparc import compiler
-from sparc.backends.tvm import choose, kernels, load_library, make_target
+from sparc.backends.tvm import TvmRunner, choose, kernels, load_library, make_target, set_threads
 from sparc.backends.tvm.kernels import Layout
-from sparc.capture import capture_torch
+from sparc.capture import capture_torch, load_onnx
+from sparc.eval import zoo
 from sparc.ops.sparse_linear import reference
 from sparc.passes import BlockSparsity
+from sparc.runtime import OrtRunner
 
 TARGET = make_target("cpu", 1)
 
@@ -248,3 +250,28 @@ def test_a_legacy_exported_bert_imports_and_gets_sparc_kernels():
                              recipe=[BlockSparsity(block=(16, 1), density=0.3)], threads=1, latency_rounds=0)
     build = compiled.report.tvm
     assert len(build.layouts) == 18 and build.agreement.max_rel < 1e-3
+
+
+@pytest.mark.parametrize("opset", [14, 17])  # 14: the first with scaled_dot_product_attention
+def test_legacy_exports_of_minilm_import_and_get_sparc_kernels(minilm, minilm_batches, tmp_path, opset):
+    """The TorchScript exporter's MiniLM (Gemm-free MatMuls on stored weights, masks built by
+    ConstantOfShape/Expand/Where, GELU as Erf arithmetic, LayerNorm decomposed below opset 17)
+    imports, every linear layer gets a sparc kernel, GELU is fused into the up projections,
+    and the outputs match ONNX Runtime on the same file."""
+    feeds = {k: v[:2] for k, v in minilm_batches[0].items()}
+    path = tmp_path / f"minilm-{opset}.onnx"
+    torch.onnx.export(minilm.module, tuple(zoo.torch_inputs(feeds).values()), str(path), dynamo=False,
+                      opset_version=opset, input_names=list(feeds), output_names=["embedding"],
+                      dynamic_axes={name: {0: "batch", 1: "seq"} for name in feeds})
+    runner = TvmRunner(load_onnx(path), threads=1, choose_layouts=False)
+    ours = runner.run(feeds)["embedding"]
+    assert len(runner.choices) == 36
+    assert sum(choice.activation == "gelu" for choice in runner.choices) == 6
+    np.testing.assert_allclose(ours, OrtRunner(load_onnx(path)).run(feeds)["embedding"], rtol=1e-4, atol=1e-5)
+
+
+def test_the_thread_pool_takes_the_threads_it_is_given():
+    """TVM's default pool is half the hardware threads (one on a 2-core VM); set_threads lifts it."""
+    for threads in (2, 1):
+        set_threads(threads)
+        assert tvm.get_global_func("runtime.NumThreads")() == threads
