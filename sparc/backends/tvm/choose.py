@@ -4,7 +4,7 @@ Candidates for W[N, K]: ``dense`` always; ``bsr`` br×1 for br in 16, 8, 4 (br |
 70% of those blocks hold a non-zero (from 64 rows on also the rows-outer order, with 8- and
 16-row tiles); ``bsr`` 1×1 at most 5% density; the rows-vectorized ``csr`` kernel for
 unstructured sparsity at most 45% density from 16 rows on (N a multiple of 16); ``nm`` 2:4 /
-4:8 when W satisfies it. Each candidate kernel is compiled alone and timed on random X of
+4:8 when W satisfies it (and on AVX-512 targets also its lane-permute form). Each candidate kernel is compiled alone and timed on random X of
 the layer's real row count (median of repeats).
 A kernel's time depends on the layer's shape, rows, epilogue and the fraction of blocks
 stored, not on where the blocks are, so timings are cached in ``$SPARC_CACHE/tvm-layouts.json``
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import tvm
+from tvm.target import codegen
 
 from sparc.backends.tvm import kernels
 from sparc.backends.tvm.kernels import PANEL, VERSION, Layout, linear_kernel, pack
@@ -53,8 +54,9 @@ class Choice:
         return f"{self.shape[0]}x{self.shape[1]}{epilogue} rows {self.rows}: {self.layout.describe()} {measured}"
 
 
-def candidates(weight_nk: np.ndarray, rows: int = 1) -> list[Layout]:
-    """The layouts worth timing for W[N, K] applied to ``rows`` rows (module docstring)."""
+def candidates(weight_nk: np.ndarray, rows: int = 1, lanes: bool = False) -> list[Layout]:
+    """The layouts worth timing for W[N, K] applied to ``rows`` rows (module docstring);
+    ``lanes``: the target has AVX-512 (the lane-permute N:M kernel)."""
     nonzero = weight_nk != 0
     found = [Layout("dense")]
     n_out = weight_nk.shape[0]
@@ -71,6 +73,8 @@ def candidates(weight_nk: np.ndarray, rows: int = 1) -> list[Layout]:
     for n, m in NM_PATTERNS:
         if _is_nm(nonzero, n, m):
             found.append(Layout("nm", n=n, m=m))
+            if lanes and n_out % kernels.LANES == 0:
+                found.append(Layout("nm", n=n, m=m, order="lanes"))
             break
     return found
 
@@ -80,7 +84,7 @@ def choose_layout(weight_nk, rows: int, activation: str, target, *, threads: int
     (for a machine we cannot run on: the largest br×1 block layout storing at most
     ``HEURISTIC_BLOCK_DENSITY`` of the blocks, else dense), ``dense``."""
     shape = tuple(weight_nk.shape)
-    options = candidates(weight_nk, rows)
+    options = candidates(weight_nk, rows, lanes=has_avx512(target))
     if mode == "heuristic":
         return Choice(shape, rows, _heuristic(weight_nk, options), activation)
     if mode == "dense" or len(options) == 1:
@@ -95,6 +99,14 @@ def choose_layout(weight_nk, rows: int, activation: str, target, *, threads: int
         timings[layout.describe()] = cache[key]
     best = min(options, key=lambda layout: timings[layout.describe()])
     return Choice(shape, rows, best, activation, timings)
+
+
+def has_avx512(target) -> bool:
+    """Whether ``target`` (an LLVM CPU target) has AVX-512F, which the lane-permute N:M kernel needs."""
+    try:
+        return bool(codegen.target_has_features("avx512f", target))
+    except Exception:  # a target LLVM cannot describe here (e.g. another triple's CPU)
+        return False
 
 
 def _heuristic(weight_nk, options: list[Layout]) -> Layout:

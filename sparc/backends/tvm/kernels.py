@@ -9,7 +9,7 @@ Every kernel computes Y[M, N] = act(X[M, K] · Wᵀ + b) for W[N, K] stored in o
 - ``csr`` (unstructured): ``values[nnz]``, ``columns[nnz]`` (uint16 when K allows) and
   ``starts[N, S + 1]``, where each row's values of each slice of input columns begin.
 - ``nm``: ``values[N, G·n]`` and ``positions[N, G·n]`` (place inside each group of m inputs),
-  G = ceil(K / m).
+  G = ceil(K / m); or, on AVX-512 targets, the same per 16-row panel (``_nm_lanes``).
 
 Schedules (written into the loops, no tuning): dense and BSR keep a register tile of
 accumulators (rows of X × output features) while the stored input columns stream by: for
@@ -99,7 +99,8 @@ class Layout:
     block: tuple[int, int] = (1, 1)
     n: int = 0
     m: int = 0
-    order: str = "panels"  # bsr loop order: "panels" (output panels in parallel) or "rows"
+    order: str = "panels"  # bsr loop order: "panels" (output panels in parallel) or "rows";
+    # nm: "panels" (one output row at a time) or "lanes" (16 rows per vector, AVX-512 permutes)
     tile: int = ROWS  # bsr: rows of X per register tile
 
     def describe(self) -> str:
@@ -108,7 +109,7 @@ class Layout:
             tile = "" if self.tile == ROWS else f", tile {self.tile}"
             return f"bsr {self.block[0]}x{self.block[1]}{rows}{tile}"
         if self.format == "nm":
-            return f"{self.n}:{self.m}"
+            return f"{self.n}:{self.m}" + (", lane permute" if self.order == "lanes" else "")
         if self.format == "csr":
             return "csr, rows vectorized"
         return "dense"
@@ -137,6 +138,10 @@ def pack(weight_nk: np.ndarray, layout: Layout) -> list[np.ndarray]:
             values, columns = np.zeros(1, np.float32), np.zeros(1, columns.dtype)
         return [values, columns, starts]
     tensors = formats.compress_nm(weight_nk, layout.n, layout.m)
+    if layout.order == "lanes":  # [N/16, slots, 16]: sixteen output rows side by side per slot
+        def panels(a):
+            return np.ascontiguousarray(a.reshape(n_out // LANES, LANES, -1).transpose(0, 2, 1))
+        return [panels(tensors["values"]), panels(tensors["indices"]).astype(np.uint8)]
     return [tensors["values"], tensors["indices"].astype(np.int32)]
 
 
@@ -161,6 +166,8 @@ def linear_kernel(m_rows: int, k_in: int, n_out: int, layout: Layout, weights: l
         return _bsr(m_rows, k_in, n_out, layout.block, weights[0].shape[0], act, layout.order == "rows", layout.tile)
     if layout.format == "csr":
         return _csr(m_rows, k_in, n_out, weights[0].shape[0], str(weights[1].dtype), act)
+    if layout.order == "lanes":
+        return _nm_lanes(m_rows, k_in, n_out, layout.n, layout.m, act)
     return _nm(m_rows, k_in, n_out, layout.n, layout.m, act)
 
 
@@ -353,6 +360,53 @@ def _csr(M: int, K: int, N: int, NNZ: int, column_type: str, act):
                                 Y[job // NCH * RT + r, job % NCH * CN + g * W + w] = act(part[g * W + w, r])
 
     return csr_linear
+
+
+def _nm_lanes(M: int, K: int, N: int, n: int, m: int, act):
+    """N:M for AVX-512 (N a multiple of 16, m ≤ 16): values and positions ``[N/16, slots, 16]``,
+    sixteen output rows per vector. For slot s (group g = s // n) and a row of X, one unaligned
+    load of X[row, g·m : g·m + 16] and one ``vpermps`` by the 16 positions (zero-extended bytes)
+    give each lane its input, and one FMA adds value × input: per stored value a quarter of a
+    byte of position beside its 4 bytes, no gathers. Rows of X are copied once with 16 floats of
+    padding, so the last group's load stays inside the buffer. Tiles of ``ROWS`` rows, panels
+    in parallel."""
+    W, R = LANES, ROWS
+    G = math.ceil(K / m)
+    S, NP, KP = G * n, N // LANES, G * m + LANES
+    TILES = M // R
+
+    @T.macro
+    def rows(XP, V, Q, B, Y, p, first, count):
+        acc = T.decl_buffer((count, W), "float32", scope="local")
+        for i in T.unroll(count):
+            for b in T.vectorized(W):
+                acc[i, b] = B[p * W + b]
+        for s in range(S):
+            for i in T.unroll(count):
+                acc[i, T.Ramp(0, 1, W)] = acc[i, T.Ramp(0, 1, W)] + V[p, s, T.Ramp(0, 1, W)] * T.call_llvm_pure_intrin(
+                    "float32x16", "llvm.x86.avx512.permvar.sf.512",
+                    XP[first + i, T.Ramp(s // n * m, 1, W)], T.Cast("int32x16", Q[p, s, T.Ramp(0, 1, W)]))
+        for i in T.unroll(count):
+            for b in T.vectorized(W):
+                Y[first + i, p * W + b] = act(acc[i, b])
+
+    @T.prim_func
+    def nm_lanes_linear(
+        X: T.Buffer((M, K), "float32"), V: T.Buffer((NP, S, W), "float32"), Q: T.Buffer((NP, S, W), "uint8"),
+        B: T.Buffer((N,), "float32"), Y: T.Buffer((M, N), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        XP = T.decl_buffer((M, KP), "float32")
+        for r in T.parallel(M):
+            for k in range(KP):
+                XP[r, k] = T.if_then_else(k < K, X[r, T.min(k, K - 1)], T.float32(0))
+        for p in T.parallel(NP):
+            for t in range(TILES):
+                rows(XP, V, Q, B, Y, p, t * R, R)
+            for row in range(TILES * R, M):
+                rows(XP, V, Q, B, Y, p, row, 1)
+
+    return nm_lanes_linear
 
 
 def _nm(M: int, K: int, N: int, n: int, m: int, act):
