@@ -111,14 +111,16 @@ def test_polynomial_exp_and_erf_are_float32_accurate():
     np.testing.assert_allclose(outs[1].numpy(), [erf(v) for v in values.astype(np.float64)], atol=5e-7)
 
 
-def test_layout_choice_keeps_the_fastest_and_falls_back_to_dense(tmp_path, monkeypatch):
+def test_layout_choice_keeps_the_fastest(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARC_CACHE", str(tmp_path))
     rng = np.random.default_rng(0)
     two_four = _sparse_weight(rng, Layout("nm", n=2, m=4), 256, 256)  # half dense, no block structure
     picked = choose.choose_layout(two_four, 64, "none", TARGET, threads=1)
     lanes = {"2:4, lane permute"} if choose.has_avx512(TARGET) else set()
     assert set(picked.timings_ms) == {"dense", "2:4"} | lanes
-    assert picked.layout == Layout("dense") and picked.timings_ms["2:4"] > picked.timings_ms["dense"]
+    assert picked.layout == min(choose.candidates(two_four, 64, lanes=bool(lanes)),
+                                key=lambda c: picked.timings_ms[c.describe()])
+    assert picked.timings_ms["2:4"] > picked.timings_ms["dense"]  # the scalar N:M kernel loses to dense
     blocky = _sparse_weight(rng, Layout("bsr", (16, 1)), 256, 256)  # 40% of 16x1 blocks
     picked = choose.choose_layout(blocky, 64, "none", TARGET, threads=1)
     assert picked.layout == min(choose.candidates(blocky, 64), key=lambda c: picked.timings_ms[c.describe()])

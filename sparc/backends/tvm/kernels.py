@@ -43,6 +43,7 @@ SPLIT = 4  # independent accumulators of a one-row tile
 CSR_ROWS = 64  # rows of X per unstructured tile (4 vectors)
 CSR_CHUNKS = 8  # output chunks per row tile run in parallel (unstructured)
 CSR_SLICE = 96  # input columns per slice (unstructured): a slice of Xᵀ's row tile is 24 KB
+ROW_CHUNK = 16  # rows per parallel task of softmax / layer norm (their scratch is allocated per task)
 LANES = 16  # float32 lanes of a vector register (AVX-512; narrower targets split it)
 
 
@@ -182,8 +183,7 @@ def _dense(M: int, K: int, NP: int, act):
     C = P * BR
 
     @T.macro
-    def tile(X, V, B, Y, q, first):
-        acc = T.decl_buffer((R, C), "float32", scope="local")
+    def tile(X, V, B, Y, acc, q, first):
         for i in T.unroll(R):
             for c in T.vectorized(C):
                 acc[i, c] = B[q * C + c]
@@ -197,8 +197,7 @@ def _dense(M: int, K: int, NP: int, act):
                 Y[first + i, q * C + c] = act(acc[i, c])
 
     @T.macro
-    def one_row(X, V, B, Y, q, row):
-        acc = T.decl_buffer((KU, C), "float32", scope="local")
+    def one_row(X, V, B, Y, acc, q, row):
         for u in T.unroll(KU):
             for c in T.vectorized(C):
                 acc[u, c] = T.if_then_else(u == 0, B[q * C + c], T.float32(0))
@@ -221,10 +220,12 @@ def _dense(M: int, K: int, NP: int, act):
     ):
         T.func_attr({"tirx.noalias": True})
         for q in T.parallel(NQ):
+            acc = T.decl_buffer((R, C), "float32", scope="local")
+            acc1 = T.decl_buffer((KU, C), "float32", scope="local")
             for t in range(TILES):
-                tile(X, V, B, Y, q, t * R)
+                tile(X, V, B, Y, acc, q, t * R)
             for row in range(TILES * R, M):
-                one_row(X, V, B, Y, q, row)
+                one_row(X, V, B, Y, acc1, q, row)
 
     return dense_linear
 
@@ -241,8 +242,7 @@ def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act, rows_ou
     load = _guarded_load(K) if K % BC else _plain_load
 
     @T.macro
-    def tile(X, V, I, P, B, Y, r, first):
-        acc = T.decl_buffer((R, BR), "float32", scope="local")
+    def tile(X, V, I, P, B, Y, acc, r, first):
         for i in T.unroll(R):
             for b in T.vectorized(BR):
                 acc[i, b] = B[r * BR + b]
@@ -256,8 +256,7 @@ def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act, rows_ou
                 Y[first + i, r * BR + b] = act(acc[i, b])
 
     @T.macro
-    def one_row(X, V, I, P, B, Y, r, row):
-        acc = T.decl_buffer((KU, BR), "float32", scope="local")
+    def one_row(X, V, I, P, B, Y, acc, r, row):
         for u in T.unroll(KU):
             for b in T.vectorized(BR):
                 acc[u, b] = T.if_then_else(u == 0, B[r * BR + b], T.float32(0))
@@ -281,10 +280,12 @@ def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act, rows_ou
     ):
         T.func_attr({"tirx.noalias": True})
         for r in T.parallel(NB):
+            acc = T.decl_buffer((R, BR), "float32", scope="local")
+            acc1 = T.decl_buffer((KU, BR), "float32", scope="local")
             for t in range(TILES):
-                tile(X, V, I, P, B, Y, r, t * R)
+                tile(X, V, I, P, B, Y, acc, r, t * R)
             for row in range(TILES * R, M):
-                one_row(X, V, I, P, B, Y, r, row)
+                one_row(X, V, I, P, B, Y, acc1, r, row)
 
     @T.prim_func
     def bsr_rows_outer(
@@ -294,11 +295,13 @@ def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act, rows_ou
     ):
         T.func_attr({"tirx.noalias": True})
         for t in T.parallel(TILES):
+            acc = T.decl_buffer((R, BR), "float32", scope="local")
             for r in range(NB):
-                tile(X, V, I, P, B, Y, r, t * R)
+                tile(X, V, I, P, B, Y, acc, r, t * R)
+        acc1 = T.decl_buffer((KU, BR), "float32", scope="local")
         for row in range(TILES * R, M):
             for r in range(NB):
-                one_row(X, V, I, P, B, Y, r, row)
+                one_row(X, V, I, P, B, Y, acc1, r, row)
 
     return bsr_rows_outer if rows_outer else bsr_panels_outer
 
@@ -322,8 +325,7 @@ def _csr(M: int, K: int, N: int, NNZ: int, column_type: str, act):
     CN = CG * W
 
     @T.macro
-    def slice_sums(V, C, P, B, XT, part, first, s, n, local):
-        acc = T.decl_buffer((TV, W), "float32", scope="local")
+    def slice_sums(V, C, P, B, XT, part, acc, first, s, n, local):
         for v in T.unroll(TV):
             for w in T.vectorized(W):
                 acc[v, w] = T.if_then_else(s == 0, B[n], part[local, v * W + w])
@@ -348,10 +350,11 @@ def _csr(M: int, K: int, N: int, NNZ: int, column_type: str, act):
                     XT[k, m0 * W + m] = T.if_then_else(m0 * W + m < M, X[T.min(m0 * W + m, M - 1), k], T.float32(0))
         for job in T.parallel(TP * NCH):
             part = T.decl_buffer((CN, RT), "float32")
+            acc = T.decl_buffer((TV, W), "float32", scope="local")
             for s in range(S):
                 for local in range(CN):
                     if job % NCH * CN + local < N:
-                        slice_sums(V, C, P, B, XT, part, job // NCH * RT, s, job % NCH * CN + local, local)
+                        slice_sums(V, C, P, B, XT, part, acc, job // NCH * RT, s, job % NCH * CN + local, local)
             for g in range(CG):
                 if job % NCH * CN + g * W < N:
                     for r in range(RT):
@@ -376,8 +379,7 @@ def _nm_lanes(M: int, K: int, N: int, n: int, m: int, act):
     TILES = M // R
 
     @T.macro
-    def rows(XP, V, Q, B, Y, p, first, count):
-        acc = T.decl_buffer((count, W), "float32", scope="local")
+    def rows(XP, V, Q, B, Y, acc, p, first, count):
         for i in T.unroll(count):
             for b in T.vectorized(W):
                 acc[i, b] = B[p * W + b]
@@ -401,10 +403,12 @@ def _nm_lanes(M: int, K: int, N: int, n: int, m: int, act):
             for k in range(KP):
                 XP[r, k] = T.if_then_else(k < K, X[r, T.min(k, K - 1)], T.float32(0))
         for p in T.parallel(NP):
+            acc = T.decl_buffer((R, W), "float32", scope="local")
+            acc1 = T.decl_buffer((1, W), "float32", scope="local")
             for t in range(TILES):
-                rows(XP, V, Q, B, Y, p, t * R, R)
+                rows(XP, V, Q, B, Y, acc, p, t * R, R)
             for row in range(TILES * R, M):
-                rows(XP, V, Q, B, Y, p, row, 1)
+                rows(XP, V, Q, B, Y, acc1, p, row, 1)
 
     return nm_lanes_linear
 
@@ -422,8 +426,9 @@ def _nm(M: int, K: int, N: int, n: int, m: int, act):
     ):
         T.func_attr({"tirx.noalias": True})
         for r in T.parallel(N):
+            acc = T.decl_buffer((ROWS,), "float32", scope="local")
+            one = T.decl_buffer((1,), "float32", scope="local")
             for t in range(TILES):
-                acc = T.decl_buffer((ROWS,), "float32", scope="local")
                 for i in T.unroll(ROWS):
                     acc[i] = B[r]
                 for s in range(S):
@@ -432,7 +437,6 @@ def _nm(M: int, K: int, N: int, n: int, m: int, act):
                 for i in T.unroll(ROWS):
                     Y[t * ROWS + i, r] = act(acc[i])
             for row in range(TILES * ROWS, M):
-                one = T.decl_buffer((1,), "float32", scope="local")
                 one[0] = B[r]
                 for s in range(S):
                     one[0] = one[0] + V[r, s] * load(X, row, s // n * m + Q[r, s])
@@ -444,7 +448,9 @@ def _nm(M: int, K: int, N: int, n: int, m: int, act):
 def softmax_kernel(rows: int, length: int):
     """Y[r, :] = softmax(X[r, :]) over the last axis: rows in parallel; per row the max, then
     e^(x - max) (polynomial exp) and its sum, then the scaling, every pass vectorized: the max
-    and the sum are kept per lane (``LANES`` partial results) and combined at the end."""
+    and the sum are kept per lane (``LANES`` partial results) and combined at the end. A row
+    with nothing above -3.4e38 (fully masked by -inf) gives zeros, not NaN: what exporters'
+    ``Where(IsNaN(p), 0, p)`` after the softmax asks for, so that guard is dropped."""
     R, L, W = rows, length, LANES
     FULL = length // LANES * LANES
 
@@ -452,36 +458,84 @@ def softmax_kernel(rows: int, length: int):
     def softmax(X: T.Buffer((R, L), "float32"), Y: T.Buffer((R, L), "float32")):
         T.func_attr({"tirx.noalias": True})
         with T.sblock("root"):  # Relax's reshape analysis expects a root block
-            for r in T.parallel(R):
+            for c in T.parallel((R + ROW_CHUNK - 1) // ROW_CHUNK):
                 part = T.decl_buffer((W,), "float32", scope="local")
                 stat = T.decl_buffer((2,), "float32", scope="local")
-                for w in T.vectorized(W):
-                    part[w] = T.float32(-3.4e38)
-                for i in range(FULL // W):
-                    for w in T.vectorized(W):
-                        part[w] = T.max(part[w], X[r, i * W + w])
-                stat[0] = T.float32(-3.4e38)
-                for w in range(W):
-                    stat[0] = T.max(stat[0], part[w])
-                for i in range(FULL, L):
-                    stat[0] = T.max(stat[0], X[r, i])
-                for i in T.vectorized(L):
-                    Y[r, i] = fast_exp(X[r, i] - stat[0])
-                for w in T.vectorized(W):
-                    part[w] = T.float32(0)
-                for i in range(FULL // W):
-                    for w in T.vectorized(W):
-                        part[w] = part[w] + Y[r, i * W + w]
-                stat[1] = T.float32(0)
-                for w in range(W):
-                    stat[1] = stat[1] + part[w]
-                for i in range(FULL, L):
-                    stat[1] = stat[1] + Y[r, i]
-                stat[1] = T.float32(1) / stat[1]
-                for i in T.vectorized(L):
-                    Y[r, i] = Y[r, i] * stat[1]
+                for rr in range(ROW_CHUNK):
+                    if c * ROW_CHUNK + rr < R:
+                        r = c * ROW_CHUNK + rr
+                        for w in T.vectorized(W):
+                            part[w] = T.float32(-3.4e38)
+                        for i in range(FULL // W):
+                            for w in T.vectorized(W):
+                                part[w] = T.max(part[w], X[r, i * W + w])
+                        stat[0] = T.float32(-3.4e38)
+                        for w in range(W):
+                            stat[0] = T.max(stat[0], part[w])
+                        for i in range(FULL, L):
+                            stat[0] = T.max(stat[0], X[r, i])
+                        for i in range(FULL // W):
+                            for w in T.vectorized(W):
+                                Y[r, i * W + w] = fast_exp(X[r, i * W + w] - stat[0])
+                        for i in range(FULL, L):
+                            Y[r, i] = fast_exp(X[r, i] - stat[0])
+                        for w in T.vectorized(W):
+                            part[w] = T.float32(0)
+                        for i in range(FULL // W):
+                            for w in T.vectorized(W):
+                                part[w] = part[w] + Y[r, i * W + w]
+                        stat[1] = T.float32(0)
+                        for w in range(W):
+                            stat[1] = stat[1] + part[w]
+                        for i in range(FULL, L):
+                            stat[1] = stat[1] + Y[r, i]
+                        stat[1] = T.if_then_else(stat[1] > T.float32(0), T.float32(1) / stat[1], T.float32(0))
+                        for i in T.vectorized(L):
+                            Y[r, i] = Y[r, i] * stat[1]
 
     return softmax
+
+
+def layer_norm_kernel(rows: int, length: int, epsilon: float):
+    """Y[r, :] = (X[r, :] - mean) / sqrt(var + ε) · γ + β over the last axis: rows in parallel;
+    per row the mean, then the variance as the mean of squared deviations (two passes over the
+    row, which is in L1), then the scaling; sums kept per lane (``LANES``) and combined at the end."""
+    R, L, W = rows, length, LANES
+    FULL = length // LANES * LANES
+
+    @T.macro
+    def lane_sum(part, value, total):
+        for w in T.vectorized(W):
+            part[w] = T.float32(0)
+        for i in range(FULL // W):
+            for w in T.vectorized(W):
+                part[w] = part[w] + value(i * W + w)
+        total[0] = T.float32(0)
+        for w in range(W):
+            total[0] = total[0] + part[w]
+        for i in range(FULL, L):
+            total[0] = total[0] + value(i)
+
+    @T.prim_func(s_tir=True)
+    def layer_norm(X: T.Buffer((R, L), "float32"), G: T.Buffer((L,), "float32"), B: T.Buffer((L,), "float32"),
+                   Y: T.Buffer((R, L), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        with T.sblock("root"):  # Relax's reshape analysis expects a root block
+            for c in T.parallel((R + ROW_CHUNK - 1) // ROW_CHUNK):
+                part = T.decl_buffer((W,), "float32", scope="local")
+                mean = T.decl_buffer((1,), "float32", scope="local")
+                var = T.decl_buffer((1,), "float32", scope="local")
+                for rr in range(ROW_CHUNK):
+                    if c * ROW_CHUNK + rr < R:
+                        r = c * ROW_CHUNK + rr
+                        lane_sum(part, lambda i: X[r, i], mean)
+                        mean[0] = mean[0] / T.float32(L)
+                        lane_sum(part, lambda i: (X[r, i] - mean[0]) * (X[r, i] - mean[0]), var)
+                        var[0] = T.float32(1) / T.sqrt(var[0] / T.float32(L) + T.float32(epsilon))
+                        for i in T.vectorized(L):
+                            Y[r, i] = (X[r, i] - mean[0]) * var[0] * G[i] + B[i]
+
+    return layer_norm
 
 
 def _plain_load(X, row, col):

@@ -9,7 +9,9 @@
    value's only reader), becomes
    ``call_tir`` of one sparc kernel
    (``kernels.py``) whose weight layout ``choose.py`` picked by timing on this machine;
-   every last-axis float32 softmax becomes sparc's softmax kernel (vectorized exp).
+   every last-axis float32 softmax becomes sparc's softmax kernel (vectorized exp; an
+   exporter's ``Where(IsNaN(p), 0, p)`` guard after it is dropped, the kernel gives 0 for a
+   fully masked row) and every last-axis layer norm sparc's layer-norm kernel.
 4. Everything else is legalized and fused by Relax, scheduled by ``schedules.py``, compiled
    with ``tvm.compile`` for the Relax VM.
 """
@@ -152,6 +154,7 @@ def _use_sparc_kernels(mod: tvm.IRModule, target, *, threads: int, mode: str):
     for pattern in (silu, activated, biased, matmul):
         main = rewrite_call(pattern, rewrite, main)
     main = _replace_softmax(main, builder)
+    main = _replace_layer_norm(main, builder)
     mod = builder.get()
     mod.update_func(mod.get_global_var("main"), main)
     return relax.transform.Normalize()(mod), choices
@@ -174,7 +177,39 @@ def _replace_softmax(main, builder):
         y = relax.call_tir(gv, [flat], relax.TensorType((rows, shape[-1]), "float32"))
         return relax.op.reshape(y, shape)
 
-    return rewrite_call(is_op("relax.nn.softmax")(wildcard()), rewrite, main)
+    softmax = is_op("relax.nn.softmax")(wildcard())
+    guarded = is_op("relax.where")(is_op("relax.isnan")(softmax), is_const(), softmax)
+    main = rewrite_call(guarded, lambda call, matches: matches[softmax] if _is_zero(matches[guarded].args[1]) else call,
+                        main)
+    return rewrite_call(softmax, rewrite, main)
+
+
+def _is_zero(const) -> bool:
+    return not np.any(const.value.numpy())
+
+
+def _replace_layer_norm(main, builder):
+    """Every float32 layer norm over the last axis with constant γ and β becomes a call of
+    sparc's layer-norm kernel."""
+    count = [0]
+    data, gamma, beta = wildcard(), is_const(), is_const()
+
+    def rewrite(call, matches):
+        shape = [int(d) for d in call.args[0].ty.shape]
+        axes = [int(a) % len(shape) for a in call.attrs.axes]
+        if call.args[0].ty.dtype != "float32" or axes != [len(shape) - 1] or not (call.attrs.center and call.attrs.scale):
+            return call
+        rows, length = math.prod(shape[:-1]), shape[-1]
+        name = f"sparc_layer_norm_{count[0]}"
+        count[0] += 1
+        func = kernels.layer_norm_kernel(rows, length, float(call.attrs.epsilon)).with_attr("global_symbol", name)
+        gv = builder.add_func(func.with_attr("tirx.is_scheduled", True), name)
+        params = [relax.const(matches[p].value.numpy().astype(np.float32).reshape(length)) for p in (gamma, beta)]
+        flat = relax.op.reshape(call.args[0], (rows, length))
+        y = relax.call_tir(gv, [flat, *params], relax.TensorType((rows, length), "float32"))
+        return relax.op.reshape(y, shape)
+
+    return rewrite_call(is_op("relax.nn.layer_norm")(data, gamma, beta), rewrite, main)
 
 
 def _values_with_several_uses(func) -> dict:

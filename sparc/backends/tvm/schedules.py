@@ -11,7 +11,8 @@ rules cover reductions (softmax, norms: ``dlight.cpu.Reduction``) and GEMV. spar
   chunks and every block is computed inside them.
 - ``BatchMatmul``: one reduction block Y[..., i, j] += A[..., i, k]·B[..., k, j] (attention
   scores and context) plus element-wise epilogues: batch and i in parallel, k outside j, j
-  vectorized, epilogues computed per row.
+  vectorized, epilogues computed per row; with a reduction of at least 64 (attention context)
+  rows × columns register tiles instead (up to 8 rows × 32 columns).
 
 Linear layers with constant weights never reach these rules: sparc's own kernels
 (``kernels.py``) replace them before legalization.
@@ -27,6 +28,8 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target.codegen import llvm_get_vector_width
 
 PARALLEL_GRAIN = 4096  # fewer elements than this run on one thread
+TILE_REGISTERS = 16  # accumulator vectors of a batched-matmul register tile
+MIN_TILED_DEPTH = 64  # reduction length from which that tile is used
 
 
 def rules() -> list:
@@ -131,11 +134,42 @@ class BatchMatmul(CPUScheduleRule):
         kind = main.dom_kind()
         if kind.count("R") != 1 or not kind.endswith("R"):
             return None
+        lanes = _lanes(target)
+        tiled = s_tir.Schedule(sch.mod)  # the register-tiled form where the sizes allow it
         try:
-            self._schedule(sch, main, blocks[1:], _lanes(target))
+            if self._tiled(tiled, tiled.get_sblock(main.name), [tiled.get_sblock(e.name) for e in blocks[1:]], lanes):
+                return tiled
+        except s_tir.ScheduleError:
+            pass
+        try:
+            self._schedule(sch, main, blocks[1:], lanes)
         except s_tir.ScheduleError:
             return None
         return sch
+
+    @staticmethod
+    def _tiled(sch, main, epilogues, lanes: int) -> bool:
+        """Rows × columns register tiles (at most ``TILE_REGISTERS`` vectors of accumulators): per
+        step of k, one vector load of B per column vector and one broadcast FMA per row."""
+        *batch, row, col, red = sch.get_loops(main)
+        rows, cols, depth = _extent(sch, row), _extent(sch, col), _extent(sch, red)
+        if rows is None or cols is None or cols % lanes or depth is None or depth < MIN_TILED_DEPTH:
+            return False  # a short reduction (attention scores: the head size) does not pay for the tile
+        width = max(w for w in (4 * lanes, 2 * lanes, lanes) if cols % w == 0)
+        tile = next((r for r in (8, 4, 2, 1) if r * width // lanes <= TILE_REGISTERS and rows % r == 0), 1)
+        row_out, row_in = sch.split(row, factors=[None, tile])
+        col_out, col_in = sch.split(col, factors=[None, width])
+        sch.reorder(*batch, row_out, col_out, red, row_in, col_in)
+        sch.parallel(sch.fuse(*batch, row_out) if batch else row_out)
+        sch.unroll(row_in)
+        sch.vectorize(col_in)
+        for epilogue in epilogues:
+            sch.reverse_compute_at(epilogue, col_out)
+            inner = sch.get_loops(epilogue)[-1]
+            if _extent(sch, inner) is not None and _extent(sch, inner) % lanes == 0:
+                sch.vectorize(inner)
+        sch.decompose_reduction(main, red)
+        return True
 
     @staticmethod
     def _schedule(sch, main, epilogues, lanes: int) -> None:
