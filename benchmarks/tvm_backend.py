@@ -22,22 +22,17 @@ import argparse
 import time
 
 import numpy as np
-import onnx_ir as ir
-import tvm
 from common import write_results
+from linear_contestants import SHAPES, ort_matmul, tvm_linear, two_four_mask
 
 import sparc
-from sparc.backends.tvm import TvmRunner, kernels, make_target, set_threads
+from sparc.backends.tvm import TvmRunner, make_target, set_threads
 from sparc.backends.tvm.kernels import Layout
 from sparc.eval import datasets, zoo
 from sparc.measure.latency import compare
 from sparc.passes import BlockSparsity
 from sparc.runtime import OrtRunner
 
-SHAPES = {  # (K in, N out)
-    "minilm qkvo": (384, 384), "minilm up": (384, 1536), "minilm down": (1536, 384),
-    "smollm2 qo": (576, 576), "smollm2 kv": (576, 192), "smollm2 up": (576, 1536), "smollm2 down": (1536, 576),
-}
 FORMATS = [Layout("bsr", (16, 1)), Layout("bsr", (8, 1)), Layout("bsr", (4, 1)), Layout("bsr", (1, 1))]
 
 
@@ -65,12 +60,14 @@ def kernel_table(rounds: int, shapes: list[str]) -> None:
                 x = rng.normal(size=(m, k_in)).astype(np.float32)
                 for density in (0.5, 0.3, 0.2, 0.1):
                     weight = _block_sparse(rng, n_out, k_in, density)
-                    contestants = {"ort dense": _ort_dense(weight, x, threads),
-                                   "tvm dense": _tvm_kernel(weight, x, Layout("dense"), target)}
+                    contestants = {"ort dense": ort_matmul(weight, x, threads),
+                                   "tvm dense": tvm_linear(weight, x, Layout("dense"), target)}
                     layouts = FORMATS + ([Layout("nm", n=2, m=4)] if density == 0.5 else [])
                     for layout in layouts:
-                        w = _two_four(rng, n_out, k_in) if layout.format == "nm" else weight
-                        contestants[layout.describe()] = _tvm_kernel(w, x, layout, target)
+                        w = weight
+                        if layout.format == "nm":
+                            w = rng.normal(size=(n_out, k_in)).astype(np.float32) * two_four_mask(rng, n_out, k_in)
+                        contestants[layout.describe()] = tvm_linear(w, x, layout, target)
                     result = compare(contestants, rounds=rounds, warmup=2, threads=threads)
                     ratios = {k: result.ratios[k] for k in contestants if k != "ort dense"}
                     record = {"shape": shape_name, "k": k_in, "n": n_out, "m": m, "density": density,
@@ -134,35 +131,6 @@ def minilm_end_to_end(rounds: int) -> None:
 def _block_sparse(rng, n_out, k_in, density):
     weight = rng.normal(size=(n_out, k_in)).astype(np.float32)
     return weight * np.repeat(rng.random((n_out // 16, k_in)) < density, 16, axis=0)
-
-
-def _two_four(rng, n_out, k_in):
-    weight = rng.normal(size=(n_out, k_in)).astype(np.float32)
-    return weight * (np.argsort(rng.random((n_out, k_in // 4, 4)), axis=2) < 2).reshape(n_out, k_in)
-
-
-def _ort_dense(weight_nk, x, threads):
-    graph = ir.Graph([ir.Value(name="x", shape=ir.Shape(x.shape), type=ir.TensorType(ir.DataType.FLOAT))], [],
-                     nodes=[], opset_imports={"": 17})
-    w = ir.Value(name="w", const_value=ir.tensor(np.ascontiguousarray(weight_nk.T)))
-    graph.register_initializer(w)
-    node = ir.node("MatMul", [graph.inputs[0], w])
-    graph.append(node)
-    graph.outputs.append(node.outputs[0])
-    node.outputs[0].name = "y"
-    runner = OrtRunner(ir.Model(graph, ir_version=10), threads=threads)
-    return lambda: runner.run({"x": x})
-
-
-def _tvm_kernel(weight_nk, x, layout, target):
-    tensors = kernels.pack(weight_nk, layout)
-    m, k_in = x.shape
-    func = kernels.linear_kernel(m, k_in, weight_nk.shape[0], layout, tensors, "none")
-    library = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
-    cols = tensors[0].shape[0] * kernels.PANEL if layout.format == "dense" else weight_nk.shape[0]
-    args = [tvm.runtime.tensor(a) for a in (x, *tensors, np.zeros(cols, np.float32), np.zeros((m, cols), np.float32))]
-    run = library["main"]
-    return lambda: run(*args)
 
 
 def _linear_speedup(choices) -> dict:
