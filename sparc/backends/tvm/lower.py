@@ -37,6 +37,7 @@ from sparc.backends.tvm.choose import Choice, choose_layout
 from sparc.errors import BackendError
 from sparc.ir_utils import copy_model
 from sparc.ops import has_sparc_ops, lower_to_standard
+from sparc.passes.canonicalize import Canonicalize
 
 GELU_RULES = rewriter.RewriteRuleSet([*gelu.gelu_rules.rules, *erfgelu.rules.rules])
 EPILOGUES = {"relax.nn.gelu": "gelu", "relax.nn.relu": "relu", "relax.sigmoid": "sigmoid", "relax.tanh": "tanh"}
@@ -76,8 +77,6 @@ def _specialized_onnx(model: ir.Model, shapes):
     feeds' static shapes, every shape computation and mask (``ConstantOfShape`` too) folded,
     and GELU written out by an exporter (``x·½(1 + erf(x/√2))`` in any operand order) as one
     ``Gelu``, so linear kernels take it as their epilogue."""
-    from sparc.passes.canonicalize import Canonicalize
-
     model = lower_to_standard(model) if has_sparc_ops(model) else copy_model(model)
     Canonicalize()(model)
     dtypes = {}
