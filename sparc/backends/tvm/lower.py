@@ -1,8 +1,9 @@
 """The IR → a Relax module with sparc's linear kernels → a TVM executable.
 
-1. Specialize: ``ai.sparc`` ops lowered to standard ONNX, graph inputs given the concrete
-   shapes of the feeds, shape computations folded (onnxscript's optimizer), so the Relax
-   ONNX frontend sees static shapes.
+1. Specialize (``_specialized_onnx``): ``ai.sparc`` ops lowered to standard ONNX, the graph
+   canonicalized, graph inputs given the concrete shapes of the feeds, shape computations and
+   masks folded (onnxscript's optimizer), erf-GELU arithmetic fused to ``Gelu``: so the Relax
+   ONNX frontend sees static shapes, and any exporter's graph its usual ops.
 2. Import with ``tvm.relax.frontend.onnx.from_onnx`` (weights become Relax constants).
 3. Every ``matmul(x, W)`` with a constant 2-D W, with an optional constant bias ``add`` and
    an optional Gelu/Relu/Sigmoid/Tanh or SiLU (x·sigmoid(x)) after it (when that is the
