@@ -80,7 +80,6 @@ def set_threads(threads: int | None) -> None:
 
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     count = int(threads) if threads else len(cores)
-    os.environ["TVM_NUM_THREADS"] = str(count)  # for a pool TVM creates later
     tvm.get_global_func("runtime.config_threadpool")(SHARE_ALL_CORES, count, [str(c) for c in cores])
 
 

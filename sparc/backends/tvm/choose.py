@@ -4,8 +4,9 @@ Candidates for W[N, K]: ``dense`` always; ``bsr`` br×1 for br in 16, 8, 4 (br |
 70% of those blocks hold a non-zero (from 64 rows on also the rows-outer order, with 8- and
 16-row tiles); ``bsr`` 1×1 at most 5% density; the rows-vectorized ``csr`` kernel for
 unstructured sparsity at most 45% density from 16 rows on (N a multiple of 16); ``nm`` 2:4 /
-4:8 when W satisfies it (and on AVX-512 targets also its lane-permute form). Each candidate kernel is compiled alone and timed on random X of
-the layer's real row count (median of repeats).
+4:8 when W satisfies it (and on AVX-512 targets also its lane-permute form). Each candidate
+kernel is compiled alone and timed on random X of the layer's real row count (median of
+repeats).
 A kernel's time depends on the layer's shape, rows, epilogue and the fraction of blocks
 stored, not on where the blocks are, so timings are cached in ``$SPARC_CACHE/tvm-layouts.json``
 under (kernel version, target, threads, shape, rows, activation, layout, stored fraction to
@@ -22,8 +23,7 @@ import numpy as np
 import tvm
 from tvm.target import codegen
 
-from sparc.backends.tvm import kernels
-from sparc.backends.tvm.kernels import PANEL, VERSION, Layout, linear_kernel, pack
+from sparc.backends.tvm.kernels import LANES, PANEL, VERSION, Layout, linear_kernel, pack
 from sparc.files import cache_dir, write_atomic
 
 BLOCK_ROWS = (16, 8, 4)
@@ -58,6 +58,7 @@ def candidates(weight_nk: np.ndarray, rows: int = 1, lanes: bool = False) -> lis
     """The layouts worth timing for W[N, K] applied to ``rows`` rows (module docstring);
     ``lanes``: the target has AVX-512 (the lane-permute N:M kernel)."""
     nonzero = weight_nk != 0
+    density = nonzero.mean()
     found = [Layout("dense")]
     n_out = weight_nk.shape[0]
     for br in BLOCK_ROWS:
@@ -66,14 +67,14 @@ def candidates(weight_nk: np.ndarray, rows: int = 1, lanes: bool = False) -> lis
             found.append(layout)
             if rows >= ROWS_OUTER_FROM:
                 found += [Layout("bsr", (br, 1), order="rows", tile=tile) for tile in ROWS_OUTER_TILES]
-    if nonzero.mean() <= MAX_CSR_DENSITY:
+    if density <= MAX_CSR_DENSITY:
         found.append(Layout("bsr", (1, 1)))
-    if rows >= CSR_FROM_ROWS and n_out % kernels.LANES == 0 and nonzero.mean() <= MAX_ROWS_CSR_DENSITY:
+    if rows >= CSR_FROM_ROWS and n_out % LANES == 0 and density <= MAX_ROWS_CSR_DENSITY:
         found.append(Layout("csr"))
     for n, m in NM_PATTERNS:
         if _is_nm(nonzero, n, m):
             found.append(Layout("nm", n=n, m=m))
-            if lanes and n_out % kernels.LANES == 0:
+            if lanes and n_out % LANES == 0:
                 found.append(Layout("nm", n=n, m=m, order="lanes"))
             break
     return found

@@ -148,14 +148,12 @@ def pack(weight_nk: np.ndarray, layout: Layout) -> list[np.ndarray]:
 
 def _slice_starts(indptr: np.ndarray, columns: np.ndarray, k_in: int) -> np.ndarray:
     """P[n, s]: the index of row n's first stored value in column slice s (or later); P[n, S] is
-    the row's end. Within a row the columns are sorted, so each start is a binary search."""
-    slices = math.ceil(k_in / CSR_SLICE)
-    bounds = np.arange(slices + 1) * CSR_SLICE
-    starts = np.empty((len(indptr) - 1, slices + 1), np.int32)
-    for n in range(len(indptr) - 1):
-        row = columns[indptr[n]:indptr[n + 1]]
-        starts[n] = indptr[n] + np.searchsorted(row, bounds)
-    return starts
+    the row's end. CSR is sorted by (row, column), so every start is one binary search of
+    row·K + column for row·K + the slice's first column."""
+    rows = len(indptr) - 1
+    keys = np.repeat(np.arange(rows, dtype=np.int64), np.diff(indptr)) * k_in + columns
+    bounds = np.minimum(np.arange(math.ceil(k_in / CSR_SLICE) + 1) * CSR_SLICE, k_in)
+    return np.searchsorted(keys, np.arange(rows, dtype=np.int64)[:, None] * k_in + bounds).astype(np.int32)
 
 
 def linear_kernel(m_rows: int, k_in: int, n_out: int, layout: Layout, weights: list[np.ndarray], activation: str):
@@ -460,40 +458,45 @@ def softmax_kernel(rows: int, length: int):
         with T.sblock("root"):  # Relax's reshape analysis expects a root block
             for c in T.parallel((R + ROW_CHUNK - 1) // ROW_CHUNK):
                 part = T.decl_buffer((W,), "float32", scope="local")
-                stat = T.decl_buffer((2,), "float32", scope="local")
+                peak = T.decl_buffer((1,), "float32", scope="local")
+                total = T.decl_buffer((1,), "float32", scope="local")
                 for rr in range(ROW_CHUNK):
                     if c * ROW_CHUNK + rr < R:
                         r = c * ROW_CHUNK + rr
-                        for w in T.vectorized(W):
-                            part[w] = T.float32(-3.4e38)
+                        _lane_fold(part, peak, lambda i: X[r, i], T.max, T.float32(-3.4e38), L)
                         for i in range(FULL // W):
                             for w in T.vectorized(W):
-                                part[w] = T.max(part[w], X[r, i * W + w])
-                        stat[0] = T.float32(-3.4e38)
-                        for w in range(W):
-                            stat[0] = T.max(stat[0], part[w])
+                                Y[r, i * W + w] = fast_exp(X[r, i * W + w] - peak[0])
                         for i in range(FULL, L):
-                            stat[0] = T.max(stat[0], X[r, i])
-                        for i in range(FULL // W):
-                            for w in T.vectorized(W):
-                                Y[r, i * W + w] = fast_exp(X[r, i * W + w] - stat[0])
-                        for i in range(FULL, L):
-                            Y[r, i] = fast_exp(X[r, i] - stat[0])
-                        for w in T.vectorized(W):
-                            part[w] = T.float32(0)
-                        for i in range(FULL // W):
-                            for w in T.vectorized(W):
-                                part[w] = part[w] + Y[r, i * W + w]
-                        stat[1] = T.float32(0)
-                        for w in range(W):
-                            stat[1] = stat[1] + part[w]
-                        for i in range(FULL, L):
-                            stat[1] = stat[1] + Y[r, i]
-                        stat[1] = T.if_then_else(stat[1] > T.float32(0), T.float32(1) / stat[1], T.float32(0))
+                            Y[r, i] = fast_exp(X[r, i] - peak[0])
+                        _lane_fold(part, total, lambda i: Y[r, i], _add, T.float32(0), L)
+                        total[0] = T.if_then_else(total[0] > T.float32(0), T.float32(1) / total[0], T.float32(0))
                         for i in T.vectorized(L):
-                            Y[r, i] = Y[r, i] * stat[1]
+                            Y[r, i] = Y[r, i] * total[0]
 
     return softmax
+
+
+@T.macro
+def _lane_fold(part, total, value, combine, start, length: int):
+    """total[0] = combine over i < length of value(i), starting from ``start``: ``LANES`` partial
+    results combined lane-wise over the row's full vectors (vectorized), then across lanes
+    and with the leftover entries."""
+    full = length // LANES * LANES
+    for w in T.vectorized(LANES):
+        part[w] = start
+    for i in range(full // LANES):
+        for w in T.vectorized(LANES):
+            part[w] = combine(part[w], value(i * LANES + w))
+    total[0] = start
+    for w in range(LANES):
+        total[0] = combine(total[0], part[w])
+    for i in range(full, length):
+        total[0] = combine(total[0], value(i))
+
+
+def _add(a, b):
+    return a + b
 
 
 def layer_norm_kernel(rows: int, length: int, epsilon: float):
@@ -501,20 +504,6 @@ def layer_norm_kernel(rows: int, length: int, epsilon: float):
     per row the mean, then the variance as the mean of squared deviations (two passes over the
     row, which is in L1), then the scaling; sums kept per lane (``LANES``) and combined at the end."""
     R, L, W = rows, length, LANES
-    FULL = length // LANES * LANES
-
-    @T.macro
-    def lane_sum(part, value, total):
-        for w in T.vectorized(W):
-            part[w] = T.float32(0)
-        for i in range(FULL // W):
-            for w in T.vectorized(W):
-                part[w] = part[w] + value(i * W + w)
-        total[0] = T.float32(0)
-        for w in range(W):
-            total[0] = total[0] + part[w]
-        for i in range(FULL, L):
-            total[0] = total[0] + value(i)
 
     @T.prim_func(s_tir=True)
     def layer_norm(X: T.Buffer((R, L), "float32"), G: T.Buffer((L,), "float32"), B: T.Buffer((L,), "float32"),
@@ -528,9 +517,9 @@ def layer_norm_kernel(rows: int, length: int, epsilon: float):
                 for rr in range(ROW_CHUNK):
                     if c * ROW_CHUNK + rr < R:
                         r = c * ROW_CHUNK + rr
-                        lane_sum(part, lambda i: X[r, i], mean)
+                        _lane_fold(part, mean, lambda i: X[r, i], _add, T.float32(0), L)
                         mean[0] = mean[0] / T.float32(L)
-                        lane_sum(part, lambda i: (X[r, i] - mean[0]) * (X[r, i] - mean[0]), var)
+                        _lane_fold(part, var, lambda i: (X[r, i] - mean[0]) * (X[r, i] - mean[0]), _add, T.float32(0), L)
                         var[0] = T.float32(1) / T.sqrt(var[0] / T.float32(L) + T.float32(epsilon))
                         for i in T.vectorized(L):
                             Y[r, i] = (X[r, i] - mean[0]) * var[0] * G[i] + B[i]
