@@ -262,7 +262,8 @@ def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act, rows_ou
             for u in T.unroll(KU):
                 for c in T.unroll(BC):
                     for b in T.vectorized(BR):
-                        acc[u, b] = acc[u, b] + V[P[r] + j4 * KU + u, b, c] * load(X, row, I[P[r] + j4 * KU + u] * BC + c)
+                        j = P[r] + j4 * KU + u
+                        acc[u, b] = acc[u, b] + V[j, b, c] * load(X, row, I[j] * BC + c)
         for j in range(P[r] + (P[r + 1] - P[r]) // KU * KU, P[r + 1]):
             for c in T.unroll(BC):
                 for b in T.vectorized(BR):
@@ -519,7 +520,8 @@ def layer_norm_kernel(rows: int, length: int, epsilon: float):
                         r = c * ROW_CHUNK + rr
                         _lane_fold(part, mean, lambda i: X[r, i], _add, T.float32(0), L)
                         mean[0] = mean[0] / T.float32(L)
-                        _lane_fold(part, var, lambda i: (X[r, i] - mean[0]) * (X[r, i] - mean[0]), _add, T.float32(0), L)
+                        _lane_fold(part, var, lambda i: (X[r, i] - mean[0]) * (X[r, i] - mean[0]), _add,
+                                   T.float32(0), L)
                         var[0] = T.float32(1) / T.sqrt(var[0] / T.float32(L) + T.float32(epsilon))
                         for i in T.vectorized(L):
                             Y[r, i] = (X[r, i] - mean[0]) * var[0] * G[i] + B[i]

@@ -197,7 +197,8 @@ def _replace_layer_norm(main, builder):
     def rewrite(call, matches):
         shape = [int(d) for d in call.args[0].ty.shape]
         axes = [int(a) % len(shape) for a in call.attrs.axes]
-        if call.args[0].ty.dtype != "float32" or axes != [len(shape) - 1] or not (call.attrs.center and call.attrs.scale):
+        last_axis_affine = axes == [len(shape) - 1] and call.attrs.center and call.attrs.scale
+        if call.args[0].ty.dtype != "float32" or not last_axis_affine:
             return call
         rows, length = math.prod(shape[:-1]), shape[-1]
         name = f"sparc_layer_norm_{count[0]}"
