@@ -20,7 +20,8 @@ Layers, bottom to top; a module imports only from its own layer and those below
 6. ``algorithms`` the passes use (sparsity patterns, SparseGPT, the router MLP)
 7. ``passes`` (one per file, ``Pipeline``) and ``backends`` (ONNX Runtime, TVM, targets)
 8. ``compiler`` (``sparc.compile``), ``tune`` (``sparc.tune``: the fastest model within a quality
-   budget), ``recipe``, ``report``, ``summary`` (``sparc inspect``)
+   budget), ``generation`` (``sparc.generate``: text from a KV-cache decoder), ``recipe``,
+   ``report``, ``summary`` (``sparc inspect``)
 9. ``cli``
 
 Beside the core and never imported by it: ``sparc.eval``, the evaluation harness (model zoo,
@@ -39,6 +40,7 @@ from sparc.errors import (
     TuneError,
     UnsupportedModelError,
 )
+from sparc.generation import generate
 from sparc.tune import TuneResult, tune
 
 __version__ = "0.1.0"
@@ -55,6 +57,7 @@ __all__ = [
     "TuneResult",
     "UnsupportedModelError",
     "compile",
+    "generate",
     "load",
     "passes",
     "tune",

@@ -1,4 +1,4 @@
-"""The ``sparc`` command: compile, tune, inspect, bench, verify, demo.
+"""The ``sparc`` command: compile, tune, inspect, bench, generate, verify, demo.
 
 Errors print one line (``error: ...``) and exit with status 1; ``--verbose`` shows the
 traceback and the library's log.
@@ -23,6 +23,7 @@ from sparc.compiler import compile
 from sparc.data import as_calibration
 from sparc.errors import SparcError
 from sparc.files import write_atomic
+from sparc.generation import Sampling, encode, time_generation
 from sparc.measure.latency import compare
 from sparc.summary import summarize
 from sparc.tune import parse_duration, require_matplotlib, tune
@@ -119,8 +120,33 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seq", type=int, default=128, help="sequence length of made-up inputs")
     bench.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     bench.add_argument("--rounds", type=int, default=20, help="interleaved rounds")
+    bench.add_argument("--decode", action="store_true",
+                       help="time text generation (prefill of --seq tokens, then --new-tokens decode steps) "
+                            "of KV-cache decoders instead of one run")
+    bench.add_argument("--new-tokens", type=int, default=32, help="decode steps per round with --decode")
+    bench.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tvm"],
+                       help="backend with --decode (default onnxruntime)")
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.set_defaults(handler=_bench)
+
+    generate = commands.add_parser("generate", help="generate text with a KV-cache decoder (ONNX file or zoo:NAME)")
+    generate.add_argument("model", help="ONNX decoder with past key/value inputs, or zoo:smollm2")
+    generate.add_argument("--prompt", required=True, help="the prompt text")
+    generate.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
+    generate.add_argument("--vs", help="a second decoder (e.g. the dense original) timed beside MODEL")
+    generate.add_argument("--tokenizer", help="Hugging Face tokenizer folder or tokenizer.json "
+                                              "(default: the zoo model's, when MODEL or --vs is zoo:NAME)")
+    generate.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tvm"],
+                          help="backend (default onnxruntime; tvm compiles the prefill and decode shapes first)")
+    generate.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sample")
+    generate.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens")
+    generate.add_argument("--top-p", type=float, default=1.0, help="sample within this probability mass")
+    generate.add_argument("--seed", type=int, default=0, help="sampling seed")
+    generate.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
+    generate.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    generate.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds (default 1)")
+    generate.add_argument("--json", action="store_true", help="print JSON")
+    generate.set_defaults(handler=_generate)
 
     verify = commands.add_parser("verify", help="run an ONNX file on a target (wasm, aarch64) and compare "
                                  "its outputs with Python ONNX Runtime")
@@ -255,6 +281,8 @@ def _bench(args) -> int:
     from sparc.eval.bench_models import bench_inputs, runner_for
 
     specs = [args.vs, args.model] if args.vs else [args.model]
+    if args.decode:
+        return _bench_decode(args, specs)
     feeds = bench_inputs(specs, args.inputs, batch=args.batch, seq=args.seq)
     contestants = {}
     for spec in specs:
@@ -264,6 +292,53 @@ def _bench(args) -> int:
     shapes = ", ".join(f"{k}{list(np.shape(v))}" for k, v in feeds.items())
     result = compare(contestants, rounds=args.rounds, threads=args.threads, label=f"inputs: {shapes}")
     print(result.to_json() if args.json else result.to_markdown())
+    return 0
+
+
+def _bench_decode(args, specs: list[str]) -> int:
+    from sparc.eval.bench_models import decoder_spec, prompt_ids, tokenizer_for
+
+    tokenizer = tokenizer_for(specs, None, required=False)
+    decoders = {}
+    for spec in specs:
+        label = spec if spec not in decoders else f"{spec} (2)"
+        decoders[label] = decoder_spec(spec, backend=args.backend, threads=args.threads)
+    prompt = prompt_ids(tokenizer, args.seq)
+    timing = time_generation(decoders, prompt, args.new_tokens, rounds=args.rounds, tokenizer=tokenizer)
+    print(json.dumps(timing.to_dict(), indent=2) if args.json else timing.to_markdown())
+    return 0
+
+
+def _generate(args) -> int:
+    from sparc.eval.bench_models import decoder_spec, tokenizer_for
+
+    specs = [args.model, args.vs] if args.vs else [args.model]
+    if len(set(specs)) != len(specs):
+        raise SparcError("--vs names the same model as MODEL")
+    tokenizer = tokenizer_for(specs, args.tokenizer, required=True)
+    sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
+    decoders = {spec: decoder_spec(spec, backend=args.backend, threads=args.threads) for spec in specs}
+    prompt = encode(tokenizer, args.prompt)
+    eos = None if args.ignore_eos else getattr(tokenizer, "eos_token_id", None)
+    if len(decoders) == 1 and args.rounds == 1:
+        result = decoders[args.model].generate(prompt, args.max_new_tokens, sampling, eos)
+        text = tokenizer.decode(result.tokens, skip_special_tokens=True)
+        if args.json:
+            print(json.dumps({**dataclasses.asdict(result), "text": text}, indent=2))
+        else:
+            print(f"{args.prompt}{text}\n")
+            print(f"prompt {result.prompt_tokens} tokens, prefill {result.prefill_ms:.1f} ms; "
+                  f"{len(result.tokens)} new tokens, decode {result.decode_ms_per_token:.2f} ms/token "
+                  f"({args.backend}, {args.threads} thread(s))")
+        return 0
+    timing = time_generation(decoders, prompt, args.max_new_tokens, rounds=args.rounds, sampling=sampling,
+                             tokenizer=tokenizer)
+    if args.json:
+        print(json.dumps(timing.to_dict(), indent=2))
+        return 0
+    for spec in specs:
+        print(f"## {spec}\n\n{args.prompt}{timing.texts[spec]}\n")
+    print(timing.to_markdown(baseline=args.vs))
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from sparc.capture.kv_cache import complete_feeds, find_kv_cache
 from sparc.errors import CalibrationError
 
 Feeds = dict[str, np.ndarray]
@@ -119,9 +120,14 @@ def check_feeds(feeds: Mapping[str, np.ndarray], model: ir.Model, label: str) ->
     """Check names, ranks, static dims and dtypes of ``feeds`` against the model's inputs.
 
     Returns the feeds cast to the exact input dtypes (within the same kind: integer to
-    integer, float to float). Raises :class:`CalibrationError` naming every mismatch.
+    integer, float to float). A decoder with a KV cache gets what a prompt leaves out (empty
+    pasts, position ids: ``sparc.capture.kv_cache.complete_feeds``). Raises
+    :class:`CalibrationError` naming every mismatch.
     """
     inputs = {v.name: v for v in model.graph.inputs}
+    kv = find_kv_cache(model)
+    if kv is not None:
+        feeds = complete_feeds({k: _to_numpy(v, f"{label} input {k!r}") for k, v in feeds.items()}, model, kv)
     problems = []
     missing = [n for n in inputs if n not in feeds]
     unknown = [n for n in feeds if n not in inputs]

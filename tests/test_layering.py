@@ -21,7 +21,7 @@ LAYERS = [
     ["sparc.analysis", "sparc.analysis.*", "sparc.ops", "sparc.ops.*"],
     ["sparc.algorithms", "sparc.algorithms.*"],
     ["sparc.passes", "sparc.passes.*", "sparc.backends", "sparc.backends.*"],
-    ["sparc.compiler", "sparc.recipe", "sparc.report", "sparc.summary", "sparc.tune"],
+    ["sparc.compiler", "sparc.generation", "sparc.recipe", "sparc.report", "sparc.summary", "sparc.tune"],
     ["sparc.cli", "sparc"],
 ]
 HARNESS = "sparc.eval*"

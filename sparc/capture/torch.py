@@ -37,8 +37,6 @@ def is_torch_module(model) -> bool:
 
 def capture_torch(module, example_inputs, dynamic_axes: DynamicAxes | None = None) -> ir.Model:
     """Export ``module`` called on ``example_inputs`` (a tuple or a dict of keyword inputs)."""
-    import torch
-
     label = type(module).__name__
     if example_inputs is None:
         raise UnsupportedModelError(
@@ -48,6 +46,13 @@ def capture_torch(module, example_inputs, dynamic_axes: DynamicAxes | None = Non
     args, kwargs = _split_inputs(example_inputs, label)
     names = _input_names(module, args, kwargs)
     dynamic_shapes = _dynamic_shapes(dynamic_axes, names, args, kwargs, label)
+    return export_module(module, args, kwargs, dynamic_shapes, label)
+
+
+def export_module(module, args: tuple, kwargs: dict, dynamic_shapes, label: str) -> ir.Model:
+    """``torch.onnx.export(dynamo=True)`` in eval mode, then :func:`optimize` and normalize."""
+    import torch
+
     training = module.training
     module.eval()
     try:

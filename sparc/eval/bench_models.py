@@ -15,6 +15,7 @@ import numpy as np
 
 from sparc.capture import capture_torch, load_onnx
 from sparc.data import synthetic_feeds
+from sparc.errors import SparcError
 from sparc.eval import datasets, zoo
 from sparc.runtime import OrtRunner
 
@@ -62,6 +63,62 @@ def _torch_runner(module, threads: int | None):
             return module(**{k: torch.from_numpy(v) for k, v in feeds.items()})
 
     return run
+
+
+DECODERS = {"smollm2": (zoo.smollm2_kv_onnx, zoo.smollm2_tokenizer)}  # zoo:NAME decoders with a KV cache
+
+
+def decoder_spec(spec: str, *, backend: str, threads: int | None):
+    """A :class:`sparc.generation.Decoder` for an ONNX decoder path or ``zoo:NAME``."""
+    from sparc.generation import decoder_for
+
+    kind, name = _split(spec)
+    if kind == "torch":
+        raise SparcError(f"{spec}: generation runs ONNX decoders (a path or zoo:NAME), not torch eager models")
+    if kind == "zoo":
+        if name not in DECODERS:
+            raise SparcError(f"zoo model {name!r} has no decoder for generation; decoders: {sorted(DECODERS)}")
+        return decoder_for(DECODERS[name][0](), backend=backend, threads=threads)
+    return decoder_for(name, backend=backend, threads=threads)
+
+
+def tokenizer_for(specs: Sequence[str], path: str | None, *, required: bool):
+    """The tokenizer at ``path`` (a Hugging Face folder or a ``tokenizer.json``), else the first zoo
+    decoder's among ``specs``; None when there is neither and it is not ``required``."""
+    if path:
+        return _load_tokenizer(path)
+    for kind, name in map(_split, specs):
+        if kind == "zoo" and name in DECODERS:
+            return DECODERS[name][1]()
+    if required:
+        raise SparcError("no tokenizer: give --tokenizer (a Hugging Face tokenizer folder or tokenizer.json)")
+    return None
+
+
+def _load_tokenizer(path: str):
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    location = Path(path)
+    if location.is_dir():
+        return AutoTokenizer.from_pretrained(location)
+    if location.is_file() and location.suffix == ".json":
+        return PreTrainedTokenizerFast(tokenizer_file=str(location))
+    raise SparcError(f"{path}: not a tokenizer folder or tokenizer.json")
+
+
+def prompt_ids(tokenizer, length: int) -> list[int]:
+    """A prompt of exactly ``length`` tokens: real text (the Lee corpus) when there is a tokenizer,
+    else made-up ids."""
+    if tokenizer is None:
+        return [int(t) for t in np.random.default_rng(0).integers(1, 100, length)]
+    ids: list[int] = []
+    for text in datasets.lee_background():
+        ids += tokenizer(text)["input_ids"]
+        if len(ids) >= length:
+            return ids[:length]
+    raise SparcError(f"the prompt text has only {len(ids)} tokens, fewer than {length}")
 
 
 def bench_inputs(specs: Sequence[str], npz: str | None, *, batch: int, seq: int) -> dict:

@@ -162,22 +162,46 @@ def smollm2() -> ZooModel:
 
 
 def smollm2_onnx() -> Path:
-    """SmolLM2 captured to ONNX once (about 80 s) and cached: ``<cache>/smollm2.onnx``."""
+    """SmolLM2 captured to ONNX once (about 80 s) and cached: ``<cache>/smollm2-135m.onnx``."""
     path = cache_dir() / "smollm2-135m.onnx"
-    if path.is_file() and (cache_dir() / "smollm2-135m.onnx.data").is_file():
-        return path
+    if not _cached(path):
+        model = smollm2()
+        example = torch_inputs({"input_ids": np.ones((1, 16), np.int64), "attention_mask": np.ones((1, 16), np.int64)})
+        _save_cached(capture_torch(model.module, example, model.dynamic_axes), path)
+    return path
+
+
+def smollm2_kv_onnx() -> Path:
+    """SmolLM2 with its KV cache (``sparc.capture.causal_lm``: the Optimum layout, prefill and
+    decode in one graph), captured once (about 3 min) and cached: ``<cache>/smollm2-135m-kv.onnx``."""
+    path = cache_dir() / "smollm2-135m-kv.onnx"
+    if not _cached(path):
+        from sparc.capture import capture_causal_lm
+
+        _save_cached(capture_causal_lm(smollm2().module.lm), path)
+    return path
+
+
+def smollm2_tokenizer():
+    """SmolLM2's tokenizer (a transformers fast tokenizer)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_folder())
+
+
+def _cached(path: Path) -> bool:
+    return path.is_file() and path.with_name(path.name + ".data").is_file()
+
+
+def _save_cached(model, path: Path) -> None:
+    """Write ``model`` with external data to ``path`` atomically (both files appear at once)."""
     import onnx_ir as ir
 
-
-    model = smollm2()
-    example = torch_inputs({"input_ids": np.ones((1, 16), np.int64), "attention_mask": np.ones((1, 16), np.int64)})
-    captured = capture_torch(model.module, example, model.dynamic_axes)
-    staging = Path(tempfile.mkdtemp(prefix=".smollm2-onnx-", dir=path.parent))
-    ir.save(captured, staging / path.name, external_data=path.name + ".data")
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.stem}-", dir=path.parent))
+    ir.save(model, staging / path.name, external_data=path.name + ".data")
     os.replace(staging / (path.name + ".data"), path.with_name(path.name + ".data"))
     os.replace(staging / path.name, path)
     shutil.rmtree(staging)
-    return path
 
 
 def paraphrase_minilm_onnx() -> Path:

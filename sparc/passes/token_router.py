@@ -46,6 +46,7 @@ from sparc.analysis.sequence import (
     input_sequence_axes,
     truncated,
 )
+from sparc.capture.kv_cache import find_kv_cache
 from sparc.errors import RecipeError, StructureError
 from sparc.measure.execute import exposing_runner
 from sparc.passes.base import SparcPass, choice, integer, number, register
@@ -82,6 +83,7 @@ class TokenRouter(SparcPass):
         self.hidden = integer(self, "hidden", hidden, low=1)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        _refuse_kv_cache(model, self.name)
         blocks = find_blocks(model)
         start = self._start_index(len(blocks))
         schedule = self._schedule(len(blocks) - start)
@@ -240,6 +242,18 @@ class TokenRouter(SparcPass):
             scores["learned"] = fitted.score(features)
             recalls = {kind: round(router_mlp.recall(s, target, valid, share), 4) for kind, s in scores.items()}
         return fitted, recalls
+
+
+def _refuse_kv_cache(model: ir.Model, name: str) -> None:
+    """Routing drops tokens, and a KV-cache decoder must keep every token's keys and values for
+    the steps after it (and a decode step has a single token to route)."""
+    kv = find_kv_cache(model)
+    if kv is not None:
+        raise StructureError(
+            f"{name}: the model is a decoder with a KV cache (past input {kv.pairs[0].past!r}); routing drops "
+            "tokens, so later decode steps would miss their keys and values, and a decode step has one token "
+            "to route. Route an encoder, or a prefill-only graph without a cache"
+        )
 
 
 def _check_closed(region: set[ir.Node], end: ir.Value) -> None:
