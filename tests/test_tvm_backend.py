@@ -41,7 +41,7 @@ def _sparse_weight(rng, layout, n_out, k_in):
         keep = rng.random((n_out // br, -(-k_in // bc))) < 0.4
         keep[0] = False  # an empty block row
         weight *= np.repeat(np.repeat(keep, br, axis=0), bc, axis=1)[:, :k_in]
-    if layout.format == "csr":
+    if layout.format in ("csr", "bitmap"):
         weight *= rng.random(weight.shape) < 0.4
         weight[5] = 0  # an output with no stored value
     if layout.format == "nm":
@@ -55,7 +55,8 @@ LAYOUTS = [Layout("dense"), Layout("bsr", (16, 1)), Layout("bsr", (8, 1)), Layou
            Layout("bsr", (1, 1)), Layout("bsr", (4, 4)), Layout("bsr", (16, 1), order="rows"),
            Layout("bsr", (4, 4), order="rows"), Layout("bsr", (16, 1), order="rows", tile=16), Layout("csr"),
            Layout("nm", n=2, m=4), Layout("nm", n=4, m=8), Layout("nm", n=2, m=4, order="lanes"),
-           Layout("nm", n=4, m=8, order="lanes")]
+           Layout("nm", n=4, m=8, order="lanes"), Layout("bitmap")]
+ACTIVATIONS = ("gelu", "silu", "relu", "gelu_tanh", "tanh", "sigmoid", "none")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.describe())
@@ -67,9 +68,62 @@ def test_kernels_match_the_sparse_linear_reference(layout, rows, k_in):
     weight = _sparse_weight(rng, layout, n_out, k_in)
     x = rng.normal(size=(rows, k_in)).astype(np.float32)
     bias = rng.normal(size=n_out).astype(np.float32)
-    activation = ("gelu", "silu", "relu", "gelu_tanh", "tanh", "sigmoid", "none")[len(layout.describe()) % 7]
+    activation = ACTIVATIONS[len(layout.describe()) % 7]
     np.testing.assert_allclose(_run_kernel(x, weight, bias, layout, activation),
                                reference(x, weight, bias, activation), rtol=1e-4, atol=1e-5)
+
+
+AVX512 = pytest.mark.skipif(not choose.has_avx512(TARGET), reason="the bitmap kernel needs AVX-512")
+
+
+@AVX512
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("rows", [1, 3, 8])  # four accumulator sets; one tile of 3 rows; one full tile
+def test_bitmap_kernel_matches_the_reference_at_decode_rows(rows, activation):
+    rng = np.random.default_rng(rows)
+    weight = rng.normal(size=(32, 37)).astype(np.float32) * (rng.random((32, 37)) < 0.5)  # K = 37: no multiple of 4
+    weight[3] = 0  # an output with no stored value
+    x = rng.normal(size=(rows, 37)).astype(np.float32)
+    bias = rng.normal(size=32).astype(np.float32)
+    np.testing.assert_allclose(_run_kernel(x, weight, bias, Layout("bitmap"), activation),
+                               reference(x, weight, bias, activation), rtol=1e-4, atol=1e-5)
+
+
+@AVX512
+@pytest.mark.parametrize("fill", [0.0, 1.0])
+def test_bitmap_kernel_with_an_empty_and_a_full_weight(fill):
+    rng = np.random.default_rng(2)
+    weight = rng.normal(size=(16, 50)).astype(np.float32) * fill
+    x = rng.normal(size=(3, 50)).astype(np.float32)
+    bias = rng.normal(size=16).astype(np.float32)
+    masks, values, starts = kernels.pack(weight, Layout("bitmap"))
+    assert len(values) == 16 * 50 * fill + 16 and np.all(masks == (0xFFFF if fill else 0)) and starts.tolist() == [0]
+    np.testing.assert_allclose(_run_kernel(x, weight, bias, Layout("bitmap"), "none"), x @ weight.T + bias,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_bitmap_is_a_candidate_for_decode_rows_on_avx512():
+    weight = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    half = weight * (np.abs(weight) > np.median(np.abs(weight)))
+    assert Layout("bitmap") in choose.candidates(half, rows=8, lanes=True)
+    assert Layout("bitmap") not in choose.candidates(half, rows=9, lanes=True)  # prefill: not offered
+    assert Layout("bitmap") not in choose.candidates(half, rows=1, lanes=False)  # needs AVX-512
+    assert Layout("bitmap") not in choose.candidates(weight, rows=1, lanes=True)  # dense weight
+    assert Layout("bitmap") not in choose.candidates(half[:40], rows=1, lanes=True)  # N not a multiple of 16
+
+
+@AVX512
+def test_decode_rows_are_timed_with_the_weights_streamed(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARC_CACHE", str(tmp_path))
+    flushed = []
+    real = choose._timer
+    monkeypatch.setattr(choose, "_timer", lambda library, device, rows: flushed.append(rows <= choose.STREAMED_ROWS)
+                        or real(library, device, rows))
+    weight = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    weight *= np.random.default_rng(1).random(weight.shape) < 0.5
+    picked = choose.choose_layout(weight, 2, "silu", TARGET, threads=1)
+    assert set(picked.timings_ms) == {"dense", "bitmap 16-row panels"} and flushed == [True, True]
+    assert picked.layout == min(choose.candidates(weight, 2, lanes=True), key=lambda c: picked.timings_ms[c.describe()])
 
 
 def test_an_all_zero_weight_gives_the_bias():

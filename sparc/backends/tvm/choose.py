@@ -4,9 +4,12 @@ Candidates for W[N, K]: ``dense`` always; ``bsr`` br×1 for br in 16, 8, 4 (br |
 70% of those blocks hold a non-zero (from 64 rows on also the rows-outer order, with 8- and
 16-row tiles); ``bsr`` 1×1 at most 5% density; the rows-vectorized ``csr`` kernel for
 unstructured sparsity at most 45% density from 16 rows on (N a multiple of 16); ``nm`` 2:4 /
-4:8 when W satisfies it (and on AVX-512 targets also its lane-permute form). Each candidate
-kernel is compiled alone and timed on random X of the layer's real row count (median of
-repeats).
+4:8 when W satisfies it (and on AVX-512 targets also its lane-permute form); on AVX-512
+targets the ``bitmap`` layout at most 70% density up to 8 rows (N a multiple of 16). Each
+candidate kernel is compiled alone and timed on random X of the layer's real row count (median
+of repeats). Up to 8 rows (decoding) a layer's time is reading its weight from DRAM: there
+every call is timed after the weight, bias and output are flushed from the caches, as when
+a model larger than the cache runs; from 9 rows on the weight stays in cache between calls.
 A kernel's time depends on the layer's shape, rows, epilogue and the fraction of blocks
 stored, not on where the blocks are, so timings are cached in ``$SPARC_CACHE/tvm-layouts.json``
 under (kernel version, target, threads, shape, rows, activation, layout, stored fraction to
@@ -34,6 +37,9 @@ HEURISTIC_BLOCK_DENSITY = 0.5
 ROWS_OUTER_FROM = 64  # rows from which the rows-outer BSR loop order is also timed
 MAX_ROWS_CSR_DENSITY = 0.45  # the rows-vectorized CSR kernel: at half density it only ties dense
 CSR_FROM_ROWS = 16  # ... and it needs a full vector of rows
+MAX_BITMAP_DENSITY = 0.7  # the bitmap kernel: it reads 4 bytes per non-zero plus 1/8 byte per weight
+STREAMED_ROWS = 8  # up to this many rows: the bitmap candidate, and timings with the weights flushed
+STREAMED_REPEATS = 40  # calls timed one by one, each after a cache flush
 ROWS_OUTER_TILES = (8, 16)  # rows of X per register tile timed in that order
 
 
@@ -56,7 +62,7 @@ class Choice:
 
 def candidates(weight_nk: np.ndarray, rows: int = 1, lanes: bool = False) -> list[Layout]:
     """The layouts worth timing for W[N, K] applied to ``rows`` rows (module docstring);
-    ``lanes``: the target has AVX-512 (the lane-permute N:M kernel)."""
+    ``lanes``: the target has AVX-512 (the lane-permute N:M and bitmap kernels)."""
     nonzero = weight_nk != 0
     density = nonzero.mean()
     found = [Layout("dense")]
@@ -71,6 +77,8 @@ def candidates(weight_nk: np.ndarray, rows: int = 1, lanes: bool = False) -> lis
         found.append(Layout("bsr", (1, 1)))
     if rows >= CSR_FROM_ROWS and n_out % LANES == 0 and density <= MAX_ROWS_CSR_DENSITY:
         found.append(Layout("csr"))
+    if lanes and rows <= STREAMED_ROWS and n_out % LANES == 0 and density <= MAX_BITMAP_DENSITY:
+        found.append(Layout("bitmap"))
     for n, m in NM_PATTERNS:
         if _is_nm(nonzero, n, m):
             found.append(Layout("nm", n=n, m=m))
@@ -103,7 +111,8 @@ def choose_layout(weight_nk, rows: int, activation: str, target, *, threads: int
 
 
 def has_avx512(target) -> bool:
-    """Whether ``target`` (an LLVM CPU target) has AVX-512F, which the lane-permute N:M kernel needs."""
+    """Whether ``target`` (an LLVM CPU target) has AVX-512F, which the lane-permute N:M and bitmap
+    kernels need."""
     try:
         return bool(codegen.target_has_features("avx512f", target))
     except Exception:  # a target LLVM cannot describe here (e.g. another triple's CPU)
@@ -126,8 +135,18 @@ def _time(weight_nk, rows: int, layout: Layout, activation: str, target) -> floa
     rng = np.random.default_rng(0)
     args = [rng.normal(size=(rows, weight_nk.shape[1])).astype(np.float32), *tensors,
             np.zeros(out_cols, np.float32), np.zeros((rows, out_cols), np.float32)]
-    timer = library.mod.time_evaluator("main", device, number=10, repeat=7, min_repeat_ms=20)
+    timer = _timer(library, device, rows)
     return float(np.median(timer(*[tvm.runtime.tensor(a, device) for a in args]).results)) * 1e3
+
+
+def _timer(library, device, rows: int):
+    """Up to ``STREAMED_ROWS`` rows, one call per repeat after every argument but X is flushed
+    from the caches (TVM's ``cache_flush_cpu_non_first_arg``): the weight streams from DRAM, as
+    in decoding; otherwise batches of calls with the weight cache-resident."""
+    if rows <= STREAMED_ROWS:
+        return library.mod.time_evaluator("main", device, number=1, repeat=STREAMED_REPEATS,
+                                          f_preproc="cache_flush_cpu_non_first_arg")
+    return library.mod.time_evaluator("main", device, number=10, repeat=7, min_repeat_ms=20)
 
 
 def _is_nm(nonzero: np.ndarray, n: int, m: int) -> bool:

@@ -10,13 +10,19 @@ Every kernel computes Y[M, N] = act(X[M, K] · Wᵀ + b) for W[N, K] stored in o
   ``starts[N, S + 1]``, where each row's values of each slice of input columns begin.
 - ``nm``: ``values[N, G·n]`` and ``positions[N, G·n]`` (place inside each group of m inputs),
   G = ceil(K / m); or, on AVX-512 targets, the same per 16-row panel (``_nm_lanes``).
+- ``bitmap`` (unstructured, AVX-512, N a multiple of 16): per panel of 16 output rows and input
+  column a uint16 mask of the rows holding a non-zero, ``masks[N/16, K]``, the non-zeros packed
+  in (panel, column, row) order, ``values[nnz + 16]``, and ``starts[N/16]``, where each panel's
+  values begin (``_bitmap``): at 50% density 4·nnz + 2·N·K/16 bytes, 53% of the dense bytes.
 
 Schedules (written into the loops, no tuning): dense and BSR keep a register tile of
 accumulators (rows of X × output features) while the stored input columns stream by: for
 each, one vector load of weights and one FMA per row with X's entry broadcast from memory.
 Dense tiles are 8 rows × 32 outputs (16 registers); BSR tiles are 8 or 16 rows × br. A single
-row (M = 1, or rows after the last full tile) splits the work four ways instead, so four
-independent FMA chains hide the FMA latency. BSR has two loop orders: output panels in
+dense row (M = 1, or rows after the last full tile) splits the work four ways instead, so four
+independent FMA chains hide the FMA latency; BSR, N:M lanes and bitmap kernels take the rows
+after the last full tile as one tile, rotating over 4 / rows accumulator sets when it has fewer
+than four rows. BSR has two loop orders: output panels in
 parallel, each sweeping all rows (the weights stay in cache; best for few rows), or row tiles
 in parallel, each sweeping all panels (X's tile stays in L1 while the compressed weight
 streams from L2; best for many rows at low density). CSR vectorizes over rows of Xᵀ instead
@@ -35,7 +41,7 @@ from tvm.script import tirx as T
 
 from sparc.ops import formats
 
-VERSION = 4  # bump when kernels change: cached layout timings are keyed by it
+VERSION = 5  # bump when kernels change: cached layout timings are keyed by it
 ROWS = 8  # rows of X per register tile (dense, and BSR by default)
 PANEL = 16  # output rows per dense panel (one 512-bit vector)
 DENSE_PANELS = 2  # dense panels per register tile
@@ -45,6 +51,7 @@ CSR_CHUNKS = 8  # output chunks per row tile run in parallel (unstructured)
 CSR_SLICE = 96  # input columns per slice (unstructured): a slice of Xᵀ's row tile is 24 KB
 ROW_CHUNK = 16  # rows per parallel task of softmax / layer norm (their scratch is allocated per task)
 LANES = 16  # float32 lanes of a vector register (AVX-512; narrower targets split it)
+PREFETCH = 1024  # bitmap: stored values (4 KB) ahead of the current one that are prefetched
 
 
 def fast_exp(x):
@@ -96,7 +103,7 @@ ACTIVATIONS = {
 class Layout:
     """How one linear layer's weight is stored for its kernel."""
 
-    format: str  # "dense" | "bsr" | "csr" | "nm"
+    format: str  # "dense" | "bsr" | "csr" | "nm" | "bitmap"
     block: tuple[int, int] = (1, 1)
     n: int = 0
     m: int = 0
@@ -113,6 +120,8 @@ class Layout:
             return f"{self.n}:{self.m}" + (", lane permute" if self.order == "lanes" else "")
         if self.format == "csr":
             return "csr, rows vectorized"
+        if self.format == "bitmap":
+            return "bitmap 16-row panels"
         return "dense"
 
 
@@ -138,12 +147,27 @@ def pack(weight_nk: np.ndarray, layout: Layout) -> list[np.ndarray]:
         if len(values) == 0:
             values, columns = np.zeros(1, np.float32), np.zeros(1, columns.dtype)
         return [values, columns, starts]
+    if layout.format == "bitmap":
+        return _pack_bitmap(weight_nk)
     tensors = formats.compress_nm(weight_nk, layout.n, layout.m)
     if layout.order == "lanes":  # [N/16, slots, 16]: sixteen output rows side by side per slot
         def panels(a):
             return np.ascontiguousarray(a.reshape(n_out // LANES, LANES, -1).transpose(0, 2, 1))
         return [panels(tensors["values"]), panels(tensors["indices"]).astype(np.uint8)]
     return [tensors["values"], tensors["indices"].astype(np.int32)]
+
+
+def _pack_bitmap(weight_nk: np.ndarray) -> list[np.ndarray]:
+    """[masks, values, starts] of the ``bitmap`` layout for W[N, K] (N a multiple of 16): bit r of
+    masks[p, k] is W[16p + r, k] ≠ 0; values holds those W[16p + r, k] ordered by (p, k, r), then
+    16 zeros (the last vector load stays inside); starts[p] is the index of panel p's first value."""
+    panels = weight_nk.reshape(-1, LANES, weight_nk.shape[1]).transpose(0, 2, 1)  # [N/16, K, 16]
+    nonzero = panels != 0
+    masks = np.ascontiguousarray(np.packbits(nonzero, axis=2, bitorder="little")).view("<u2")[..., 0]
+    values = np.concatenate([panels[nonzero], np.zeros(LANES, np.float32)])
+    per_panel = nonzero.sum(axis=(1, 2))
+    starts = (np.cumsum(per_panel) - per_panel).astype(np.int32)
+    return [np.ascontiguousarray(masks, np.uint16), values, starts]
 
 
 def _slice_starts(indptr: np.ndarray, columns: np.ndarray, k_in: int) -> np.ndarray:
@@ -165,6 +189,8 @@ def linear_kernel(m_rows: int, k_in: int, n_out: int, layout: Layout, weights: l
         return _bsr(m_rows, k_in, n_out, layout.block, weights[0].shape[0], act, layout.order == "rows", layout.tile)
     if layout.format == "csr":
         return _csr(m_rows, k_in, n_out, weights[0].shape[0], str(weights[1].dtype), act)
+    if layout.format == "bitmap":
+        return _bitmap(m_rows, k_in, n_out, weights[1].shape[0], act)
     if layout.order == "lanes":
         return _nm_lanes(m_rows, k_in, n_out, layout.n, layout.m, act)
     return _nm(m_rows, k_in, n_out, layout.n, layout.m, act)
@@ -231,45 +257,40 @@ def _dense(M: int, K: int, NP: int, act):
 def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act, rows_outer: bool, R: int):
     """Per output panel (br rows of W) and tile of ``R`` rows of X: an R × br accumulator tile,
     one weight vector load per R FMAs (X's entries are broadcast from memory into the FMAs).
-    A single row splits the panel's stored blocks four ways (independent FMA chains)."""
+    The rows after the last full tile form one tile; a tile of c < ``SPLIT`` rows rotates over
+    ``SPLIT // c`` accumulator sets by stored block (summed at the end), so at least four FMA
+    chains are in flight."""
     BR, BC = block
     NB = N // BR
-    TILES = M // R
+    TILES, REST = divmod(M, R)
     NZ = max(NNZB, 1)  # a weight with no stored block still needs a buffer
-    KU = SPLIT
     load = _guarded_load(K) if K % BC else _plain_load
 
     @T.macro
-    def tile(X, V, I, P, B, Y, acc, r, first):
-        for i in T.unroll(R):
-            for b in T.vectorized(BR):
-                acc[i, b] = B[r * BR + b]
-        for j in range(P[r], P[r + 1]):
-            for c in T.unroll(BC):
-                for i in T.unroll(R):
-                    for b in T.vectorized(BR):
-                        acc[i, b] = acc[i, b] + V[j, b, c] * load(X, first + i, I[j] * BC + c)
-        for i in T.unroll(R):
-            for b in T.vectorized(BR):
-                Y[first + i, r * BR + b] = act(acc[i, b])
+    def stored_block(X, V, I, acc, first, count, j, slot):
+        for c in T.unroll(BC):
+            for i in T.unroll(count):
+                for b in T.vectorized(BR):
+                    acc[slot * count + i, b] = acc[slot * count + i, b] + V[j, b, c] * load(X, first + i, I[j] * BC + c)
 
     @T.macro
-    def one_row(X, V, I, P, B, Y, acc, r, row):
-        for u in T.unroll(KU):
-            for b in T.vectorized(BR):
-                acc[u, b] = T.if_then_else(u == 0, B[r * BR + b], T.float32(0))
-        for j4 in range((P[r + 1] - P[r]) // KU):
-            for u in T.unroll(KU):
-                for c in T.unroll(BC):
-                    for b in T.vectorized(BR):
-                        j = P[r] + j4 * KU + u
-                        acc[u, b] = acc[u, b] + V[j, b, c] * load(X, row, I[j] * BC + c)
-        for j in range(P[r] + (P[r + 1] - P[r]) // KU * KU, P[r + 1]):
-            for c in T.unroll(BC):
+    def tile(X, V, I, P, B, Y, acc, r, first, count, ways):
+        for u in T.unroll(ways):
+            for i in T.unroll(count):
                 for b in T.vectorized(BR):
-                    acc[0, b] = acc[0, b] + V[j, b, c] * load(X, row, I[j] * BC + c)
-        for b in T.vectorized(BR):
-            Y[row, r * BR + b] = act(acc[0, b] + acc[1, b] + acc[2, b] + acc[3, b])
+                    acc[u * count + i, b] = T.if_then_else(u == 0, B[r * BR + b], T.float32(0))
+        for jq in range((P[r + 1] - P[r]) // ways):
+            for u in T.unroll(ways):
+                stored_block(X, V, I, acc, first, count, P[r] + jq * ways + u, u)
+        for j in range(P[r] + (P[r + 1] - P[r]) // ways * ways, P[r + 1]):
+            stored_block(X, V, I, acc, first, count, j, 0)
+        for u in T.unroll(1, ways):
+            for i in T.unroll(count):
+                for b in T.vectorized(BR):
+                    acc[i, b] = acc[i, b] + acc[u * count + i, b]
+        for i in T.unroll(count):
+            for b in T.vectorized(BR):
+                Y[first + i, r * BR + b] = act(acc[i, b])
 
     @T.prim_func
     def bsr_panels_outer(
@@ -279,12 +300,11 @@ def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act, rows_ou
     ):
         T.func_attr({"tirx.noalias": True})
         for r in T.parallel(NB):
-            acc = T.decl_buffer((R, BR), "float32", scope="local")
-            acc1 = T.decl_buffer((KU, BR), "float32", scope="local")
+            acc = T.decl_buffer((max(R, SPLIT), BR), "float32", scope="local")
             for t in range(TILES):
-                tile(X, V, I, P, B, Y, acc, r, t * R)
-            for row in range(TILES * R, M):
-                one_row(X, V, I, P, B, Y, acc1, r, row)
+                tile(X, V, I, P, B, Y, acc, r, t * R, R, 1)
+            if REST > 0:
+                tile(X, V, I, P, B, Y, acc, r, TILES * R, REST, _ways(REST))
 
     @T.prim_func
     def bsr_rows_outer(
@@ -296,11 +316,11 @@ def _bsr(M: int, K: int, N: int, block: tuple[int, int], NNZB: int, act, rows_ou
         for t in T.parallel(TILES):
             acc = T.decl_buffer((R, BR), "float32", scope="local")
             for r in range(NB):
-                tile(X, V, I, P, B, Y, acc, r, t * R)
-        acc1 = T.decl_buffer((KU, BR), "float32", scope="local")
-        for row in range(TILES * R, M):
+                tile(X, V, I, P, B, Y, acc, r, t * R, R, 1)
+        if REST > 0:
+            acc1 = T.decl_buffer((max(R, SPLIT), BR), "float32", scope="local")
             for r in range(NB):
-                one_row(X, V, I, P, B, Y, acc1, r, row)
+                tile(X, V, I, P, B, Y, acc1, r, TILES * R, REST, _ways(REST))
 
     return bsr_rows_outer if rows_outer else bsr_panels_outer
 
@@ -370,23 +390,37 @@ def _nm_lanes(M: int, K: int, N: int, n: int, m: int, act):
     load of X[row, g·m : g·m + 16] and one ``vpermps`` by the 16 positions (zero-extended bytes)
     give each lane its input, and one FMA adds value × input: per stored value a quarter of a
     byte of position beside its 4 bytes, no gathers. Rows of X are copied once with 16 floats of
-    padding, so the last group's load stays inside the buffer. Tiles of ``ROWS`` rows, panels
-    in parallel."""
+    padding, so the last group's load stays inside the buffer. Tiles of ``ROWS`` rows, then one
+    tile of the rest (rotating over 4 / rows accumulator sets by slot when it has fewer than
+    four rows); panels in parallel."""
     W, R = LANES, ROWS
     G = math.ceil(K / m)
     S, NP, KP = G * n, N // LANES, G * m + LANES
-    TILES = M // R
+    TILES, REST = divmod(M, R)
 
     @T.macro
-    def rows(XP, V, Q, B, Y, acc, p, first, count):
+    def slot(XP, V, Q, acc, p, first, count, s, u):
         for i in T.unroll(count):
-            for b in T.vectorized(W):
-                acc[i, b] = B[p * W + b]
-        for s in range(S):
+            acc[u * count + i, T.Ramp(0, 1, W)] = acc[u * count + i, T.Ramp(0, 1, W)] + V[
+                p, s, T.Ramp(0, 1, W)] * T.call_llvm_pure_intrin(
+                "float32x16", "llvm.x86.avx512.permvar.sf.512",
+                XP[first + i, T.Ramp(s // n * m, 1, W)], T.Cast("int32x16", Q[p, s, T.Ramp(0, 1, W)]))
+
+    @T.macro
+    def rows(XP, V, Q, B, Y, acc, p, first, count, ways):
+        for u in T.unroll(ways):
             for i in T.unroll(count):
-                acc[i, T.Ramp(0, 1, W)] = acc[i, T.Ramp(0, 1, W)] + V[p, s, T.Ramp(0, 1, W)] * T.call_llvm_pure_intrin(
-                    "float32x16", "llvm.x86.avx512.permvar.sf.512",
-                    XP[first + i, T.Ramp(s // n * m, 1, W)], T.Cast("int32x16", Q[p, s, T.Ramp(0, 1, W)]))
+                for b in T.vectorized(W):
+                    acc[u * count + i, b] = T.if_then_else(u == 0, B[p * W + b], T.float32(0))
+        for sq in range(S // ways):
+            for u in T.unroll(ways):
+                slot(XP, V, Q, acc, p, first, count, sq * ways + u, u)
+        for s in range(S // ways * ways, S):
+            slot(XP, V, Q, acc, p, first, count, s, 0)
+        for u in T.unroll(1, ways):
+            for i in T.unroll(count):
+                for b in T.vectorized(W):
+                    acc[i, b] = acc[i, b] + acc[u * count + i, b]
         for i in T.unroll(count):
             for b in T.vectorized(W):
                 Y[first + i, p * W + b] = act(acc[i, b])
@@ -402,14 +436,84 @@ def _nm_lanes(M: int, K: int, N: int, n: int, m: int, act):
             for k in range(KP):
                 XP[r, k] = T.if_then_else(k < K, X[r, T.min(k, K - 1)], T.float32(0))
         for p in T.parallel(NP):
-            acc = T.decl_buffer((R, W), "float32", scope="local")
-            acc1 = T.decl_buffer((1, W), "float32", scope="local")
+            acc = T.decl_buffer((max(R, SPLIT), W), "float32", scope="local")
             for t in range(TILES):
-                rows(XP, V, Q, B, Y, acc, p, t * R, R)
-            for row in range(TILES * R, M):
-                rows(XP, V, Q, B, Y, acc1, p, row, 1)
+                rows(XP, V, Q, B, Y, acc, p, t * R, R, 1)
+            if REST > 0:
+                rows(XP, V, Q, B, Y, acc, p, TILES * R, REST, _ways(REST))
 
     return nm_lanes_linear
+
+
+def _bitmap(M: int, K: int, N: int, NV: int, act):
+    """Unstructured sparsity for AVX-512 (``bitmap`` layout): per panel p of 16 outputs and
+    input column k, ``vexpandps`` spreads the next popcount(mask) stored values to the lanes
+    of the mask's set bits (zeros elsewhere): that vector is W[16p : 16p + 16, k], and each row
+    i of the tile adds X[i, k] times it (one FMA, X's entry broadcast). The value offset is one
+    running sum (an add per column, off the FMAs' path); a tile of c < ``SPLIT`` rows rotates
+    over ``SPLIT // c`` accumulator sets by column (summed at the end), so at least four FMA
+    chains are in flight. Every column prefetches the values ``PREFETCH`` ahead (the hardware
+    prefetcher alone leaves a decode call short of DRAM bandwidth). Rows in tiles of ``ROWS``,
+    then one tile of the rest; panels in parallel."""
+    W, R = LANES, ROWS
+    NP = N // W
+    TILES, REST = divmod(M, R)
+
+    @T.macro
+    def column(X, Mk, V, acc, vec, off, p, first, count, k, slot):
+        vec[T.Ramp(0, 1, W)] = T.call_llvm_pure_intrin(
+            "float32x16", "llvm.x86.avx512.mask.expand", V[T.Ramp(off[0], 1, W)], T.Broadcast(T.float32(0), W),
+            T.reinterpret("uint1x16", Mk[p, k]))
+        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch", T.address_of(V[T.min(off[0] + PREFETCH, NV - 1)]),
+                                      T.int32(0), T.int32(3), T.int32(1)))
+        off[0] = off[0] + T.Cast("int32", T.popcount(Mk[p, k]))
+        for i in T.unroll(count):
+            for b in T.vectorized(W):
+                acc[slot * count + i, b] = acc[slot * count + i, b] + vec[b] * X[first + i, k]
+
+    @T.macro
+    def rows(X, Mk, V, S, B, Y, acc, vec, off, p, first, count, ways):
+        off[0] = S[p]
+        for u in T.unroll(ways):
+            for i in T.unroll(count):
+                for b in T.vectorized(W):
+                    acc[u * count + i, b] = T.if_then_else(u == 0, B[p * W + b], T.float32(0))
+        for kq in range(K // ways):
+            for u in T.unroll(ways):
+                column(X, Mk, V, acc, vec, off, p, first, count, kq * ways + u, u)
+        for k in range(K // ways * ways, K):
+            column(X, Mk, V, acc, vec, off, p, first, count, k, 0)
+        for u in T.unroll(1, ways):
+            for i in T.unroll(count):
+                for b in T.vectorized(W):
+                    acc[i, b] = acc[i, b] + acc[u * count + i, b]
+        for i in T.unroll(count):
+            for b in T.vectorized(W):
+                Y[first + i, p * W + b] = act(acc[i, b])
+
+    @T.prim_func
+    def bitmap_linear(
+        X: T.Buffer((M, K), "float32"), Mk: T.Buffer((NP, K), "uint16"), V: T.Buffer((NV,), "float32"),
+        S: T.Buffer((NP,), "int32"), B: T.Buffer((N,), "float32"), Y: T.Buffer((M, N), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for p in T.parallel(NP):
+            # global scope: stack arrays, which LLVM keeps in registers across the prefetches ("local"
+            # ones are workspace allocations it cannot tell apart from the prefetched values)
+            acc = T.decl_buffer((max(R, SPLIT), W), "float32")
+            vec = T.decl_buffer((W,), "float32")
+            off = T.decl_buffer((1,), "int32")
+            for t in range(TILES):
+                rows(X, Mk, V, S, B, Y, acc, vec, off, p, t * R, R, 1)
+            if REST > 0:
+                rows(X, Mk, V, S, B, Y, acc, vec, off, p, TILES * R, REST, _ways(REST))
+
+    return bitmap_linear
+
+
+def _ways(rows: int) -> int:
+    """Accumulator sets for a tile of ``rows`` rows: ``SPLIT`` FMA chains at least."""
+    return SPLIT // rows if rows < SPLIT else 1
 
 
 def _nm(M: int, K: int, N: int, n: int, m: int, act):
