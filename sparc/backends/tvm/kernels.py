@@ -12,8 +12,9 @@ Every kernel computes Y[M, N] = act(X[M, K] · Wᵀ + b) for W[N, K] stored in o
   G = ceil(K / m); or, on AVX-512 targets, the same per 16-row panel (``_nm_lanes``).
 - ``bitmap`` (unstructured, AVX-512, N a multiple of 16): per panel of 16 output rows and input
   column a uint16 mask of the rows holding a non-zero, ``masks[N/16, K]``, the non-zeros packed
-  in (panel, column, row) order, ``values[nnz + 16]``, and ``starts[N/16]``, where each panel's
-  values begin (``_bitmap``): at 50% density 4·nnz + 2·N·K/16 bytes, 53% of the dense bytes.
+  in (panel, column, row) order then zero padding, ``values[nnz + 1040]``, and ``starts[N/16]``,
+  where each panel's values begin (``_bitmap``): 4·nnz + 2·N·K/16 bytes, at 50% density 53% of
+  the dense bytes.
 
 Schedules (written into the loops, no tuning): dense and BSR keep a register tile of
 accumulators (rows of X × output features) while the stored input columns stream by: for
@@ -160,11 +161,12 @@ def pack(weight_nk: np.ndarray, layout: Layout) -> list[np.ndarray]:
 def _pack_bitmap(weight_nk: np.ndarray) -> list[np.ndarray]:
     """[masks, values, starts] of the ``bitmap`` layout for W[N, K] (N a multiple of 16): bit r of
     masks[p, k] is W[16p + r, k] ≠ 0; values holds those W[16p + r, k] ordered by (p, k, r), then
-    16 zeros (the last vector load stays inside); starts[p] is the index of panel p's first value."""
+    ``PREFETCH`` + 16 zeros (the last vector load and prefetch stay inside); starts[p] is the index
+    of panel p's first value."""
     panels = weight_nk.reshape(-1, LANES, weight_nk.shape[1]).transpose(0, 2, 1)  # [N/16, K, 16]
     nonzero = panels != 0
     masks = np.ascontiguousarray(np.packbits(nonzero, axis=2, bitorder="little")).view("<u2")[..., 0]
-    values = np.concatenate([panels[nonzero], np.zeros(LANES, np.float32)])
+    values = np.concatenate([panels[nonzero], np.zeros(PREFETCH + LANES, np.float32)])
     per_panel = nonzero.sum(axis=(1, 2))
     starts = (np.cumsum(per_panel) - per_panel).astype(np.int32)
     return [np.ascontiguousarray(masks, np.uint16), values, starts]
@@ -464,16 +466,16 @@ def _bitmap(M: int, K: int, N: int, NV: int, act):
         vec[T.Ramp(0, 1, W)] = T.call_llvm_pure_intrin(
             "float32x16", "llvm.x86.avx512.mask.expand", V[T.Ramp(off[0], 1, W)], T.Broadcast(T.float32(0), W),
             T.reinterpret("uint1x16", Mk[p, k]))
-        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch", T.address_of(V[T.min(off[0] + PREFETCH, NV - 1)]),
+        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch", T.address_of(V[off[0] + PREFETCH]),
                                       T.int32(0), T.int32(3), T.int32(1)))
-        off[0] = off[0] + T.Cast("int32", T.popcount(Mk[p, k]))
+        off[0] = off[0] + T.Cast("int64", T.popcount(Mk[p, k]))
         for i in T.unroll(count):
             for b in T.vectorized(W):
                 acc[slot * count + i, b] = acc[slot * count + i, b] + vec[b] * X[first + i, k]
 
     @T.macro
     def rows(X, Mk, V, S, B, Y, acc, vec, off, p, first, count, ways):
-        off[0] = S[p]
+        off[0] = T.Cast("int64", S[p])
         for u in T.unroll(ways):
             for i in T.unroll(count):
                 for b in T.vectorized(W):
@@ -502,7 +504,7 @@ def _bitmap(M: int, K: int, N: int, NV: int, act):
             # ones are workspace allocations it cannot tell apart from the prefetched values)
             acc = T.decl_buffer((max(R, SPLIT), W), "float32")
             vec = T.decl_buffer((W,), "float32")
-            off = T.decl_buffer((1,), "int32")
+            off = T.decl_buffer((1,), "int64")  # 64-bit: no sign extension on the offset's chain
             for t in range(TILES):
                 rows(X, Mk, V, S, B, Y, acc, vec, off, p, t * R, R, 1)
             if REST > 0:
