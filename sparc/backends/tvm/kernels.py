@@ -42,7 +42,7 @@ from tvm.script import tirx as T
 
 from sparc.ops import formats
 
-VERSION = 5  # bump when kernels change: cached layout timings are keyed by it
+VERSION = 6  # bump when kernels change: cached layout timings are keyed by it
 ROWS = 8  # rows of X per register tile (dense, and BSR by default)
 PANEL = 16  # output rows per dense panel (one 512-bit vector)
 DENSE_PANELS = 2  # dense panels per register tile
