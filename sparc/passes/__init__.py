@@ -1,5 +1,6 @@
 """Passes over the IR. Each pass lives in its own module and registers under its class name."""
 
+from sparc.passes.activation_sparsity import ActivationSparsity
 from sparc.passes.base import PASSES, SparcPass, build_pass
 from sparc.passes.block_sparsity import BlockSparsity
 from sparc.passes.canonicalize import Canonicalize
@@ -19,6 +20,7 @@ from sparc.passes.unstructured_sparsity import UnstructuredSparsity
 
 __all__ = [
     "PASSES",
+    "ActivationSparsity",
     "BlockSparsity",
     "Canonicalize",
     "NMSparsity",

@@ -10,6 +10,10 @@
    value's only reader), becomes
    ``call_tir`` of one sparc kernel
    (``kernels.py``) whose weight layout ``choose.py`` picked by timing on this machine;
+   a thresholded input ``where(less(abs(x), t), 0, x)`` (``ActivationSparsity``) of such a layer
+   with at most 8 rows becomes the input-sparse kernel (``input_sparse.py``) reading x itself,
+   when it beats the weight's own layout (timed, or by bytes); otherwise the Where stays an
+   elementwise op before the usual kernel;
    every last-axis float32 softmax becomes sparc's softmax kernel (vectorized exp; an
    exporter's ``Where(IsNaN(p), 0, p)`` guard after it is dropped, the kernel gives 0 for a
    fully masked row) and every last-axis layer norm sparc's layer-norm kernel.
@@ -19,6 +23,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -33,11 +38,12 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from tvm.s_tir import dlight
 
-from sparc.backends.tvm import kernels, schedules
+from sparc.backends.tvm import input_sparse, kernels, schedules
 from sparc.backends.tvm.choose import Choice, choose_layout
 from sparc.errors import BackendError
 from sparc.ir_utils import copy_model
 from sparc.ops import has_sparc_ops, lower_to_standard
+from sparc.passes.activation_sparsity import ANNOTATION_KEY
 from sparc.passes.canonicalize import Canonicalize
 
 GELU_RULES = rewriter.RewriteRuleSet([*gelu.gelu_rules.rules, *erfgelu.rules.rules])
@@ -49,7 +55,7 @@ class Lowered:
     """A compiled executable and the per-layer kernel choices made for it."""
 
     executable: object
-    choices: list[Choice] = field(default_factory=list)
+    choices: list = field(default_factory=list)  # Choice, or InputSparseChoice for thresholded inputs
     unscheduled: list[str] = field(default_factory=list)
 
 
@@ -57,6 +63,7 @@ def compile_model(model: ir.Model, shapes: dict[str, tuple[int, ...]], target, *
                   choose: bool, heuristic: bool = False) -> Lowered:
     """Compile ``model`` for feeds of ``shapes`` (name → shape) on ``target``; layouts are timed
     here (``choose``), guessed for another machine (``heuristic``), or all dense."""
+    fractions = _activation_fractions(model)
     proto, dtypes = _specialized_onnx(model, shapes)
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -66,7 +73,7 @@ def compile_model(model: ir.Model, shapes: dict[str, tuple[int, ...]], target, *
         raise BackendError(f"TVM's ONNX frontend cannot import the model: {_one_line(exc)}") from None
     mode = "heuristic" if heuristic else "measure" if choose else "dense"
     mod = relax.transform.FoldConstant()(mod)  # e.g. Gemm's transposed weight → a constant
-    mod, choices = _use_sparc_kernels(mod, target, threads=threads, mode=mode)
+    mod, choices = _use_sparc_kernels(mod, target, threads=threads, mode=mode, fractions=fractions)
     unscheduled: list[str] = []
     with target:
         executable = tvm.compile(mod, target=target, relax_pipeline=_pipeline(target, unscheduled))
@@ -122,11 +129,65 @@ def _pipeline(target, unscheduled: list[str]):
     ])
 
 
-def _use_sparc_kernels(mod: tvm.IRModule, target, *, threads: int, mode: str):
-    """Constant-weight linear layers (longest epilogue first) and softmaxes → sparc kernels."""
+def _activation_fractions(model: ir.Model) -> dict[float, float]:
+    """The calibrated fraction of zeros behind each ``ActivationSparsity`` threshold, by the
+    threshold's float32 value (what the Relax constant holds)."""
+    found = {}
+    for node in model.graph:
+        text = node.metadata_props.get(ANNOTATION_KEY)
+        if node.op_type != "Where" or text is None:
+            continue
+        try:
+            record = json.loads(text)
+            found[float(np.float32(record["threshold"]))] = float(record["calibrated"])
+        except (ValueError, KeyError, TypeError):
+            continue  # an annotation edited by hand: its layers keep the weight's layout
+    return found
+
+
+def _use_sparc_kernels(mod: tvm.IRModule, target, *, threads: int, mode: str, fractions: dict[float, float]):
+    """Linear layers (thresholded inputs first, longest epilogue first) and softmaxes → sparc kernels."""
     builder = relax.BlockBuilder(mod)  # holds the kernels added as typed GlobalVars
-    choices: list[Choice] = []
-    x, weight, bias = wildcard(), is_const(), is_const()
+    choices: list = []
+    raw, threshold, zero = wildcard(), is_const(), is_const()
+    thresholded = is_op("relax.where")(is_op("relax.less")(is_op("relax.abs")(raw), threshold), zero, raw)
+
+    def input_sparse_layer(matches, w, b, activation):
+        t = matches[threshold].value.numpy()
+        rows = math.prod([int(d) for d in matches[raw].ty.shape][:-1])
+        fraction = fractions.get(float(t)) if t.size == 1 else None
+        if fraction is None or rows > input_sparse.MAX_ROWS or _is_zero(matches[threshold]) \
+                or not _is_zero(matches[zero]):
+            return None  # the Where stays; the layer gets its kernel in the next round
+        weight = choose_layout(np.ascontiguousarray(w.T), rows, activation, target, threads=threads, mode=mode)
+        choice = input_sparse.choose(w, rows, fraction, weight, target, threads=threads, mode=mode)
+        choices.append(choice)
+        if choice.layout is None:
+            return _linear_call(matches[thresholded], w, b, weight, builder, f"sparc_linear_{len(choices)}")
+        return _input_sparse_call(matches[raw], w, b, float(t), choice, builder, f"sparc_input_sparse_{len(choices)}",
+                                  threads)
+
+    def linear_layer(matches, w, b, activation):
+        rows = math.prod([int(d) for d in matches[x].ty.shape][:-1])
+        choice = choose_layout(np.ascontiguousarray(w.T), rows, activation, target, threads=threads, mode=mode)
+        choices.append(choice)
+        return _linear_call(matches[x], w, b, choice, builder, f"sparc_linear_{len(choices)}")
+
+    x = wildcard()
+    main = _replace_linears(mod["main"], thresholded, input_sparse_layer)
+    main = _replace_linears(main, x, linear_layer)
+    main = _replace_softmax(main, builder)
+    main = _replace_layer_norm(main, builder)
+    mod = builder.get()
+    mod.update_func(mod.get_global_var("main"), main)
+    return relax.transform.Normalize()(mod), choices
+
+
+def _replace_linears(main, x, emit):
+    """Every ``matmul(x, W)`` with a constant 2-D float32 W (+ constant bias, + activation when the
+    pre-activation has no other reader), longest epilogue first, becomes ``emit(matches, W, b,
+    activation)``; None leaves it."""
+    weight, bias = is_const(), is_const()
     matmul = is_op("relax.matmul")(x, weight)
     biased = is_op("relax.add")(matmul, bias) | is_op("relax.add")(bias, matmul)
     activated = None
@@ -135,7 +196,7 @@ def _use_sparc_kernels(mod: tvm.IRModule, target, *, threads: int, mode: str):
         activated = pattern if activated is None else activated | pattern
     pre = biased | matmul
     silu = is_op("relax.multiply")(pre, is_op("relax.sigmoid")(pre)) | is_op("relax.multiply")(is_op("relax.sigmoid")(pre), pre)
-    shared = _values_with_several_uses(mod["main"])
+    shared = _values_with_several_uses(main)
 
     def rewrite(call, matches):
         w = matches[weight].value.numpy()
@@ -148,16 +209,12 @@ def _use_sparc_kernels(mod: tvm.IRModule, target, *, threads: int, mode: str):
         b = matches[bias].value.numpy() if bias in matches else np.zeros(w.shape[1], np.float32)
         if b.shape != (w.shape[1],):
             return call
-        return _kernel_call(matches[x], w, b.astype(np.float32), activation, builder, choices, target, threads, mode)
+        result = emit(matches, w, b.astype(np.float32), activation)
+        return call if result is None else result
 
-    main = mod["main"]
     for pattern in (silu, activated, biased, matmul):
         main = rewrite_call(pattern, rewrite, main)
-    main = _replace_softmax(main, builder)
-    main = _replace_layer_norm(main, builder)
-    mod = builder.get()
-    mod.update_func(mod.get_global_var("main"), main)
-    return relax.transform.Normalize()(mod), choices
+    return main
 
 
 def _replace_softmax(main, builder):
@@ -228,21 +285,33 @@ def _readers(expr, shared: dict) -> int:
     return shared.get(expr, 1)
 
 
-def _kernel_call(x, weight_kn, bias, activation, builder, choices, target, threads, mode):
-    shape = [int(d) for d in x.ty.shape]
-    k_in, n_out = weight_kn.shape
-    rows = math.prod(shape[:-1])
-    weight_nk = np.ascontiguousarray(weight_kn.T)
-    choice = choose_layout(weight_nk, rows, activation, target, threads=threads, mode=mode)
-    choices.append(choice)
-    tensors = kernels.pack(weight_nk, choice.layout)
+def _linear_call(x, weight_kn, bias, choice: Choice, builder, name: str):
+    """x · W + b (+ activation) by the sparc kernel of ``choice``'s layout."""
+    rows, (k_in, n_out) = math.prod([int(d) for d in x.ty.shape][:-1]), weight_kn.shape
+    tensors = kernels.pack(np.ascontiguousarray(weight_kn.T), choice.layout)
     out_cols = tensors[0].shape[0] * kernels.PANEL if choice.layout.format == "dense" else n_out
+    func = kernels.linear_kernel(rows, k_in, n_out, choice.layout, tensors, choice.activation)
+    return _call_kernel(builder, func, name, x, tensors, bias, out_cols)
+
+
+def _input_sparse_call(raw, weight_kn, bias, threshold: float, choice, builder, name: str, threads: int):
+    """Where(|x| < t, 0, x) · W + b (+ activation) by the input-sparse kernel, reading x itself."""
+    rows, (k_in, n_out) = math.prod([int(d) for d in raw.ty.shape][:-1]), weight_kn.shape
+    tensors = input_sparse.pack(weight_kn, choice.layout)
+    func = input_sparse.input_sparse_kernel(rows, k_in, n_out, threshold, choice.weight.activation, choice.layout,
+                                            tensors, tasks=threads)
+    return _call_kernel(builder, func, name, raw, tensors, bias, input_sparse.padded_columns(n_out))
+
+
+def _call_kernel(builder, func, name: str, x, tensors, bias, out_cols: int):
+    """``call_tir`` of ``func(X[rows, K], *tensors, b, Y[rows, out_cols])`` on x flattened to rows,
+    the bias zero-padded to ``out_cols``, Y cut back to N columns and x's leading shape."""
+    shape = [int(d) for d in x.ty.shape]
+    rows, n_out = math.prod(shape[:-1]), len(bias)
     padded_bias = np.zeros(out_cols, np.float32)
     padded_bias[:n_out] = bias
-    func = kernels.linear_kernel(rows, k_in, n_out, choice.layout, tensors, activation)
-    name = f"sparc_linear_{len(choices)}"
     gv = builder.add_func(func.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True), name)
-    flat = relax.op.reshape(x, (rows, k_in))
+    flat = relax.op.reshape(x, (rows, shape[-1]))
     args = [flat, *(relax.const(t) for t in tensors), relax.const(padded_bias)]
     y = relax.call_tir(gv, args, relax.TensorType((rows, out_cols), "float32"))
     if out_cols != n_out:
