@@ -6,18 +6,21 @@ and 16-row tiles) and unstructured (the rows-vectorized CSR kernel), against ONN
 MatMul and sparc's dense TVM kernel. "of ideal" = (best dense time / sparse time) × density:
 1.0 would mean the sparse kernel is as efficient per multiply-add as the faster dense one.
 
-Part ``decode`` (M = 1): SmolLM2's shapes with 2:4 (both N:M kernels), 50% unstructured (the
-1×1 BSR kernel, i.e. CSR with int32 columns) and 16×1 blocks at density 0.5, in two regimes:
-``warm`` (one copy of the weight, which stays in cache between calls) and
+Part ``decode`` (M = 1, 4, 8 rows: a batch of 1 to 8 sequences decoding): SmolLM2's shapes with
+2:4 (both N:M kernels), 50% unstructured (the 1×1 BSR kernel, i.e. CSR with int32 columns, and
+the AVX-512 bitmap kernel on a random mask and on a magnitude mask: |W| above its median, W
+drawn with log-normal row and column scales as trained layers have) and 16×1 blocks at density
+0.5, in two regimes: ``warm`` (one copy of the weight, which stays in cache between calls) and
 ``streamed`` (each call reads the next of enough copies to exceed the last-level cache twice,
-as decoding a model larger than the cache does). The roofline column is the dense bytes over
-the format's stored bytes: the most a memory-bound kernel can gain.
+as decoding a model larger than the cache does); 4 and 8 rows streamed only. The roofline
+column is the dense bytes over the format's stored bytes: the most a memory-bound kernel can
+gain.
 
 Each table row is one ``compare`` (interleaved rounds, median of per-round ratios, ratio to ORT
 dense), 1 thread unless ``--threads``.
 
-Usage: python benchmarks/kernel_limits.py [--part rows decode] [--rounds 9] [--threads 1]
-Writes results/kernel_limits.{json,md}.
+Usage: python benchmarks/kernel_limits.py [--part rows decode] [--decode-rows 1 4 8] [--rounds 9] [--threads 1]
+Writes results/kernel_limits.{json,md} (results/kernel_limits_<part>.{json,md} when one part runs).
 """
 
 from __future__ import annotations
@@ -38,12 +41,15 @@ DECODE_SHAPES = ["smollm2 qo", "smollm2 kv", "smollm2 up", "smollm2 down"]
 BLOCK_LAYOUTS = [Layout("bsr", (16, 1)), Layout("bsr", (16, 1), order="rows"),
                  Layout("bsr", (16, 1), order="rows", tile=16)]
 DECODE_LAYOUTS = {"2:4": Layout("nm", n=2, m=4), "2:4 lanes": Layout("nm", n=2, m=4, order="lanes"),
-                  "unstructured 0.5 (csr 1x1)": Layout("bsr", (1, 1)), "16x1 d0.5": Layout("bsr", (16, 1))}
+                  "unstructured 0.5 (csr 1x1)": Layout("bsr", (1, 1)), "bitmap 0.5 random": Layout("bitmap"),
+                  "bitmap 0.5 magnitude": Layout("bitmap"), "16x1 d0.5": Layout("bsr", (16, 1))}
+MASK_OF = {"2:4 lanes": "2:4", "bitmap 0.5 random": "unstructured 0.5 (csr 1x1)"}  # contestants sharing a mask
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", nargs="+", default=["rows", "decode"], choices=["rows", "decode"])
+    parser.add_argument("--decode-rows", nargs="+", type=int, default=[1, 4, 8])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -54,9 +60,10 @@ def main() -> None:
         data["rows"] = rows_table(target, args.threads, args.rounds)
         lines += _rows_markdown(data["rows"], args.threads)
     if "decode" in args.part:
-        data["decode"] = decode_table(target, args.threads, args.rounds)
+        data["decode"] = [r for m in args.decode_rows for r in decode_table(target, args.threads, args.rounds, m)]
         lines += _decode_markdown(data["decode"], args.threads)
-    write_results("kernel_limits", data, "\n".join(lines) + "\n")
+    name = "kernel_limits" if len(set(args.part)) == 2 else f"kernel_limits_{args.part[0]}"
+    write_results(name, data, "\n".join(lines) + "\n")
 
 
 def rows_table(target, threads: int, rounds: int, m: int = 128, density: float = 0.1) -> list[dict]:
@@ -85,32 +92,42 @@ def rows_table(target, threads: int, rounds: int, m: int = 128, density: float =
     return records
 
 
-def decode_table(target, threads: int, rounds: int) -> list[dict]:
+def decode_table(target, threads: int, rounds: int, m: int = 1) -> list[dict]:
     rng = np.random.default_rng(1)
     copies_for = _copies_beyond_cache()
     records = []
-    for name, regime in itertools.product(DECODE_SHAPES, ("warm", "streamed")):
+    for name, regime in itertools.product(DECODE_SHAPES, ("warm", "streamed") if m == 1 else ("streamed",)):
         k_in, n_out = SHAPES[name]
         copies = 1 if regime == "warm" else copies_for(4 * k_in * n_out)
-        x = rng.normal(size=(1, k_in)).astype(np.float32)
+        x = rng.normal(size=(m, k_in)).astype(np.float32)
         dense = [rng.normal(size=(n_out, k_in)).astype(np.float32) for _ in range(copies)]
         masks = {"2:4": two_four_mask(rng, n_out, k_in), "unstructured 0.5 (csr 1x1)": rng.random((n_out, k_in)) < 0.5,
+                 "bitmap 0.5 magnitude": _magnitude_mask(rng, n_out, k_in),
                  "16x1 d0.5": np.repeat(rng.random((n_out // 16, k_in)) < 0.5, 16, axis=0)}
         patterns = {label: [w * mask for w in dense] for label, mask in masks.items()}  # one mask: one kernel
         contestants = {"ort dense": _cycle([ort_matmul(w, x, threads) for w in dense]),
                        "tvm dense": _cycle(tvm_linears(dense, x, Layout("dense"), target))}
         stored = {"dense": 4 * k_in * n_out}
         for label, layout in DECODE_LAYOUTS.items():
-            weights = patterns["2:4" if label.startswith("2:4") else label]
+            weights = patterns[MASK_OF.get(label, label)]
             contestants[label] = _cycle(tvm_linears(weights, x, layout, target))
             stored[label] = sum(t.nbytes for t in kernels.pack(weights[0], layout))
         result = compare(contestants, rounds=rounds, warmup=2, threads=threads, min_round_seconds=0.05)
-        records.append({"shape": name, "k": k_in, "n": n_out, "regime": regime, "copies": copies,
+        records.append({"shape": name, "k": k_in, "n": n_out, "m": m, "regime": regime, "copies": copies,
                         "times_ms": {k: t.median_ms for k, t in result.timings.items()},
                         "speedup_vs_ort_dense": _speedups(result),
                         "roofline": {k: stored["dense"] / v for k, v in stored.items() if k != "dense"}})
-        print(name, regime, {k: round(v, 2) for k, v in records[-1]["speedup_vs_ort_dense"].items()}, flush=True)
+        print(name, f"M={m}", regime, {k: round(v, 2) for k, v in records[-1]["speedup_vs_ort_dense"].items()},
+              flush=True)
     return records
+
+
+def _magnitude_mask(rng, n_out: int, k_in: int) -> np.ndarray:
+    """|W| above its median for W = N(0, 1) scaled by log-normal row and column factors (σ = 0.5),
+    so rows and input columns keep uneven shares of the weight, as magnitude pruning of a
+    trained layer leaves them."""
+    scaled = rng.normal(size=(n_out, k_in)) * rng.lognormal(0, 0.5, (n_out, 1)) * rng.lognormal(0, 0.5, k_in)
+    return np.abs(scaled) > np.median(np.abs(scaled))
 
 
 def _speedups(result) -> dict:
@@ -153,14 +170,14 @@ def _rows_markdown(records, threads) -> list[str]:
 
 def _decode_markdown(records, threads) -> list[str]:
     names = ["tvm dense", *DECODE_LAYOUTS]
-    lines = [f"## One row (decode): M = 1, {threads} thread(s)", "",
+    lines = [f"## Decode: M = 1 to 8 rows, {threads} thread(s)", "",
              "Speed-up vs ORT dense (roofline: dense bytes / stored bytes).", "",
-             "| shape | regime | ORT dense ms | " + " | ".join(names) + " |",
-             "|---|---|---:|" + "---:|" * len(names)]
+             "| shape | M | regime | ORT dense ms | " + " | ".join(names) + " |",
+             "|---|---:|---|---:|" + "---:|" * len(names)]
     for r in records:
         cells = [f"{r['speedup_vs_ort_dense'][n]:.2f}x" + (f" ({r['roofline'][n]:.2f})" if n in r["roofline"] else "")
                  for n in names]
-        lines.append(f"| {r['shape']} ({r['k']}→{r['n']}) | {r['regime']} ({r['copies']} copies) | "
+        lines.append(f"| {r['shape']} ({r['k']}→{r['n']}) | {r['m']} | {r['regime']} ({r['copies']} copies) | "
                      f"{r['times_ms']['ort dense']:.3f} | " + " | ".join(cells) + " |")
     return lines + [""]
 
