@@ -128,6 +128,11 @@ class _State:
             raise BackendError(f"{total} tokens do not fit the static KV cache of {self.capacity} slots")
         length = 0 if self.capacity is None else self.capacity
         self.past = {pair.past: empty_past(model, pair, 1, length) for pair in kv.pairs}
+        self.fed = dict(self.past)  # what runs read: device tensors when the runner offers them
+        device_tensor = getattr(decoder.runner, "device_tensor", None)
+        if self.capacity is not None and device_tensor is not None:  # updated in place, never copied whole
+            for name, array in self.past.items():
+                self.fed[name], self.past[name] = device_tensor(array)
         self.valid = np.zeros(length, np.int64)  # static: which slots hold a token
         self.used = 0  # tokens in the cache
 
@@ -142,7 +147,7 @@ class _State:
         mask = np.ones((1, self.used + len(tokens)), np.int64)
         outputs = self.decoder.runner.run(self._feeds(tokens, mask, len(tokens)))
         for pair in kv.pairs:
-            self.past[pair.past] = outputs[pair.present]
+            self.past[pair.past] = self.fed[pair.past] = outputs[pair.present]
         self.used += len(tokens)
         return outputs[self.decoder.logits_name][0, -1]
 
@@ -153,17 +158,18 @@ class _State:
         mask = np.concatenate([self.valid, np.ones(real, np.int64), np.zeros(width - real, np.int64)])[None]
         outputs = self.decoder.runner.run(self._feeds(padded, mask, width))
         for pair in kv.pairs:
-            new = np.take(outputs[pair.present], range(self.capacity, self.capacity + real), axis=pair.axis)
-            slots = [slice(None)] * new.ndim
+            new = [slice(None)] * 4
+            new[pair.axis] = slice(self.capacity, self.capacity + real)
+            slots = [slice(None)] * 4
             slots[pair.axis] = slice(self.used, self.used + real)
-            self.past[pair.past][tuple(slots)] = new
+            self.past[pair.past][tuple(slots)] = outputs[pair.present][tuple(new)]
         self.valid[self.used:self.used + real] = 1
         self.used += real
         return outputs[self.decoder.logits_name][0, real - 1]
 
     def _feeds(self, tokens: list[int], mask: np.ndarray, width: int) -> dict[str, np.ndarray]:
         kv = self.decoder.kv
-        feeds = {kv.input_ids: np.asarray([tokens], np.int64), **self.past}
+        feeds = {kv.input_ids: np.asarray([tokens], np.int64), **self.fed}
         if kv.attention_mask is not None:
             feeds[kv.attention_mask] = mask
         if kv.position_ids is not None:

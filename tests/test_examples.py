@@ -19,6 +19,7 @@ CASES = {
                            ["minilm_sparse_ops.onnx", "minilm_standard.onnx"]),
     "token_router.py": (["TokenRouter", "Lee similarity-rating correlation"], ["minilm_routed.onnx"]),
     "slice_rows_columns.py": (["SliceRowsColumns", "perplexity: original"], ["smollm2_sliced.onnx"]),
+    "generate_onnxruntime.py": (["UnstructuredSparsity", "generated: The printing press"], ["smollm2_decoder.onnx"]),
     "deploy_onnxruntime.py": (["wasm check", "cosine similarity of sentence 0"], ["minilm_deploy.onnx"]),
 }
 

@@ -99,12 +99,23 @@ class TvmRunner(Executable):
         set_threads(threads)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs for ``feeds`` (numpy arrays, or device tensors from :meth:`device_tensor`,
+        which are passed without a copy); outputs are numpy views of TVM's result tensors."""
         import tvm
 
-        vm = self._machine({name: np.asarray(feeds[name]).shape for name in self.input_names})
-        device = tvm.cpu()
-        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[name]), device) for name in self.input_names]
+        vm = self._machine({name: tuple(feeds[name].shape) for name in self.input_names})
+        args = [feeds[name] if isinstance(feeds[name], tvm.runtime.Tensor)
+                else tvm.runtime.tensor(np.ascontiguousarray(feeds[name]), tvm.cpu()) for name in self.input_names]
         return _outputs(vm["main"](*args), self.output_names)
+
+    @staticmethod
+    def device_tensor(array: np.ndarray):
+        """(a TVM tensor holding a copy of ``array``, a writable numpy view of it): a buffer fed
+        to every run (a static KV cache) and updated in place, with no copy per run."""
+        import tvm
+
+        tensor = tvm.runtime.tensor(np.ascontiguousarray(array), tvm.cpu())
+        return tensor, np.from_dlpack(tensor)
 
     def _machine(self, shapes: dict[str, tuple[int, ...]]):
         from tvm import relax
@@ -206,5 +217,6 @@ def load_library(path: str | os.PathLike, *, threads: int | None = None) -> Libr
 
 
 def _outputs(result, names: list[str]) -> dict[str, np.ndarray]:
+    """The VM's result tensors as numpy arrays sharing their memory (a view keeps its tensor alive)."""
     values = [result] if hasattr(result, "numpy") else list(result)
-    return {name: value.numpy() for name, value in zip(names, values)}
+    return {name: np.from_dlpack(value) for name, value in zip(names, values)}
