@@ -128,8 +128,11 @@ def test_generate_on_onnxruntime_and_tvm_agree(llama):
     _, graph = llama
     prompt = _prompt()
     ort_result = generate(graph, prompt, max_new_tokens=6)
-    tvm_result = generate(graph, prompt, max_new_tokens=6, backend="tvm", capacity=32)
+    decoder = decoder_for(graph, backend="tvm", capacity=32)
+    tvm_result = generate(decoder, prompt, max_new_tokens=6)
     assert tvm_result.tokens == ort_result.tokens
+    weights = sum(v.const_value.nbytes for v in graph.graph.initializers.values() if v.const_value is not None)
+    assert 0.9 * weights < decoder.runner.constant_bytes < 1.5 * weights  # dense layouts pad a little
     assert len(tvm_result.decode_ms) == 5 and tvm_result.prefill_ms > 0
 
 

@@ -96,6 +96,7 @@ class TvmRunner(Executable):
         self.compiled: dict[tuple, object] = {}
         self.choices: list = []
         self.unscheduled: list[str] = []
+        self.constant_bytes = 0  # the last compiled executable's weights, as stored
         set_threads(threads)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -128,6 +129,7 @@ class TvmRunner(Executable):
                                     choose=self.choose_layouts)
             self.choices = lowered.choices
             self.unscheduled = lowered.unscheduled
+            self.constant_bytes = lowered.constant_bytes
             import tvm
 
             self.compiled[key] = relax.VirtualMachine(lowered.executable, tvm.cpu())

@@ -57,6 +57,7 @@ class Lowered:
     executable: object
     choices: list = field(default_factory=list)  # Choice, or InputSparseChoice for thresholded inputs
     unscheduled: list[str] = field(default_factory=list)
+    constant_bytes: int = 0  # the executable's weights as its kernels store them (packed layouts)
 
 
 def compile_model(model: ir.Model, shapes: dict[str, tuple[int, ...]], target, *, threads: int,
@@ -77,7 +78,7 @@ def compile_model(model: ir.Model, shapes: dict[str, tuple[int, ...]], target, *
     unscheduled: list[str] = []
     with target:
         executable = tvm.compile(mod, target=target, relax_pipeline=_pipeline(target, unscheduled))
-    return Lowered(executable, choices, unscheduled)
+    return Lowered(executable, choices, unscheduled, _constant_bytes(mod["main"]))
 
 
 def _specialized_onnx(model: ir.Model, shapes):
@@ -317,6 +318,19 @@ def _call_kernel(builder, func, name: str, x, tensors, bias, out_cols: int):
     if out_cols != n_out:
         y = relax.op.strided_slice(y, axes=[1], begin=[0], end=[n_out])
     return relax.op.reshape(y, (*shape[:-1], n_out))
+
+
+def _constant_bytes(func) -> int:
+    """Bytes of every constant ``func`` holds (shapes and dtypes only: no tensor is copied)."""
+    total = 0
+
+    def visit(expr):
+        nonlocal total
+        if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "shape"):  # a tensor, not a scalar
+            total += math.prod(int(d) for d in expr.value.shape) * np.dtype(expr.value.dtype).itemsize
+
+    relax.analysis.post_order_visit(func, visit)
+    return total
 
 
 def _one_line(exc: BaseException) -> str:
