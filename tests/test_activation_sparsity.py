@@ -165,16 +165,17 @@ ACTIVATIONS = {"none": lambda y: y, "silu": lambda y: y / (1 + np.exp(-y)), "rel
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8])
-@pytest.mark.parametrize("layout,activation,tasks", [("rows", "none", 1), ("rows", "silu", 2),
-                                                     ("blocks", "relu", 2)])
-def test_input_sparse_kernel_matches_numpy(rows, layout, activation, tasks):
+@pytest.mark.parametrize("layout,activation,tasks,n_out", [("rows", "none", 1, 300), ("rows", "silu", 2, 40),
+                                                           ("blocks", "relu", 2, 40)])
+def test_input_sparse_kernel_matches_numpy(rows, layout, activation, tasks, n_out):
+    """K not a multiple of 16, N padded to 16s; rows of 40 outputs are prefetched, of 300 not."""
     rng = np.random.default_rng(rows)
-    k_in, n_out = 100, 40  # K not a multiple of 16; N padded to 48
+    k_in = 100
     x = rng.normal(size=(rows, k_in)).astype(np.float32)
     x[:, 7] = 0.0  # an input zero in every row
     weight = rng.normal(size=(k_in, n_out)).astype(np.float32)
     if layout == "blocks":
-        weight *= np.repeat(rng.random((k_in, 3)) < 0.5, 16, axis=1)[:, :n_out]
+        weight *= np.repeat(rng.random((k_in, -(-n_out // 16))) < 0.5, 16, axis=1)[:, :n_out]
     bias = rng.normal(size=n_out).astype(np.float32)
     threshold = float(np.quantile(np.abs(x), 0.5))
     expected = ACTIVATIONS[activation](np.where(np.abs(x) < threshold, 0, x) @ weight + bias)
