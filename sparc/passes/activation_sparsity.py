@@ -14,10 +14,12 @@ Cases:
    No layer selected raises, naming what was looked for.
 2. The selected layers reading one value (q/k/v; gate/up) share one threshold and one Where;
    the value's other readers (the residual stream) keep reading x.
-3. Calibration: one run over the calibration data exposing every selected input, streaming a
-   histogram of |x| per input (``sparc.measure.magnitudes``; padding tokens left out); t is its
-   ``fraction`` quantile, and the calibrated fraction (entries below t in the calibration data)
-   is kept beside it.
+3. Calibration: ``rounds`` runs over the calibration data exposing every selected input, each
+   streaming a histogram of |x| per input (``sparc.measure.magnitudes``; padding tokens left
+   out) and setting t to its ``fraction`` quantile. The Wheres are in place from the start
+   (t = 0 in the first run), so a later run sees each input as the earlier thresholds leave it:
+   on SmolLM2 one run left the inputs 2 points sparser than asked on held-out text, two runs
+   0.5. The calibrated fraction (entries below t in the last run) is kept beside t.
 4. The Where and the layers it feeds carry ``metadata_props["sparc.activation_sparsity"]``, JSON
    ``{"threshold", "fraction", "calibrated"}``; the report lists every input's threshold.
 5. Weight sparsity passes work on the same layers in either order (their annotation and this one
