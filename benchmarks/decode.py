@@ -153,13 +153,22 @@ def main() -> None:
         return
     variants = ["dense", *[v for v in args.variants if v != "dense"]]
     quality_rows = {v: build(v, args.calib, args.eval) for v in variants}
-    timings = [_child(["--time", str(t), "--variants", *variants, "--prompt", str(args.prompt), "--new-tokens",
-                       str(args.new_tokens), "--rounds", str(args.rounds)]) for t in args.threads]
-    memory = {v: _child(["--rss", v]) for v in variants}
+    timings = [_cached(f"timing-{t}t-{'-'.join(variants)}", ["--time", str(t), "--variants", *variants, "--prompt",
+                       str(args.prompt), "--new-tokens", str(args.new_tokens), "--rounds", str(args.rounds)])
+               for t in args.threads]
+    memory = {v: _cached(f"rss-{v}", ["--rss", v]) for v in variants}
     write_atomic(RESULTS / "decode.json", json.dumps({"quality": quality_rows, "timings": timings, "memory": memory},
                                                      indent=2))
     write_atomic(RESULTS / "decode.md", _markdown(variants, quality_rows, timings, memory, args))
     print((RESULTS / "decode.md").read_text())
+
+
+def _cached(name: str, arguments: list[str]) -> dict:
+    """A child run's result, kept in the benchmark folder so an interrupted run resumes."""
+    path = folder() / f"{name.replace(':', '-')}.json"
+    if not path.is_file():
+        write_atomic(path, json.dumps(_child(arguments)))
+    return json.loads(path.read_text())
 
 
 def _child(arguments: list[str]) -> dict:

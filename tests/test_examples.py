@@ -29,7 +29,10 @@ def test_every_example_is_tested():
     assert scripts == set(CASES)
 
 
-@pytest.mark.parametrize("script", sorted(CASES))
+LONG = {"slice_rows_columns.py", "generate_onnxruntime.py"}  # SmolLM2 captures: minutes each, `make test-long`
+
+
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.long) if s in LONG else s for s in sorted(CASES)])
 def test_example_runs(script, tmp_path):
     expected_text, files = CASES[script]
     done = subprocess.run([sys.executable, str(EXAMPLES / script), "--quick", "--out", str(tmp_path)],

@@ -17,6 +17,7 @@ from sparc.capture import capture_torch, load_onnx
 from sparc.data import synthetic_feeds
 from sparc.errors import SparcError
 from sparc.eval import datasets, zoo
+from sparc.generation import decoder_for
 from sparc.runtime import OrtRunner
 
 
@@ -70,8 +71,6 @@ DECODERS = {"smollm2": (zoo.smollm2_kv_onnx, zoo.smollm2_tokenizer)}  # zoo:NAME
 
 def decoder_spec(spec: str, *, backend: str, threads: int | None):
     """A :class:`sparc.generation.Decoder` for an ONNX decoder path or ``zoo:NAME``."""
-    from sparc.generation import decoder_for
-
     kind, name = _split(spec)
     if kind == "torch":
         raise SparcError(f"{spec}: generation runs ONNX decoders (a path or zoo:NAME), not torch eager models")

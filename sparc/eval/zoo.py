@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparc.capture import capture_torch
+from sparc.capture import capture_causal_lm, capture_torch
 from sparc.errors import SparcError
 from sparc.eval.datasets import package_folder
 from sparc.files import cache_dir
@@ -176,8 +176,6 @@ def smollm2_kv_onnx() -> Path:
     decode in one graph), captured once (about 3 min) and cached: ``<cache>/smollm2-135m-kv.onnx``."""
     path = cache_dir() / "smollm2-135m-kv.onnx"
     if not _cached(path):
-        from sparc.capture import capture_causal_lm
-
         _save_cached(capture_causal_lm(smollm2().module.lm), path)
     return path
 
