@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import tvm
@@ -98,13 +97,13 @@ def choose_layout(weight_nk, rows: int, activation: str, target, *, threads: int
         return Choice(shape, rows, _heuristic(weight_nk, options), activation)
     if mode == "dense" or len(options) == 1:
         return Choice(shape, rows, Layout("dense"), activation)
-    cache = _load_cache()
+    cache = load_timings()
     timings = {}
     for layout in options:
         key = _cache_key(weight_nk, rows, activation, layout, target, threads)
         if key not in cache:
-            cache[key] = _time(weight_nk, rows, layout, activation, target)
-            _save_cache(cache)
+            cache[key] = time_layout(weight_nk, rows, layout, activation, target)
+            save_timings(cache)
         timings[layout.describe()] = cache[key]
     best = min(options, key=lambda layout: timings[layout.describe()])
     return Choice(shape, rows, best, activation, timings)
@@ -126,16 +125,21 @@ def _heuristic(weight_nk, options: list[Layout]) -> Layout:
     return Layout("dense")
 
 
-def _time(weight_nk, rows: int, layout: Layout, activation: str, target) -> float:
+def time_layout(weight_nk, rows: int, layout: Layout, activation: str, target) -> float:
+    """Median ms of W[N, K] in ``layout`` on ``rows`` random rows (see :func:`time_kernel`)."""
     tensors = pack(weight_nk, layout)
     func = linear_kernel(rows, weight_nk.shape[1], weight_nk.shape[0], layout, tensors, activation)
     library = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
     out_cols = tensors[0].shape[0] * PANEL if layout.format == "dense" else weight_nk.shape[0]
+    x = np.random.default_rng(0).normal(size=(rows, weight_nk.shape[1])).astype(np.float32)
+    return time_kernel(library, x, tensors, out_cols)
+
+
+def time_kernel(library, x: np.ndarray, tensors: list[np.ndarray], out_cols: int) -> float:
+    """Median ms of a linear kernel ``(X, *tensors, bias, Y)`` on ``x`` (see :func:`_timer`)."""
     device = tvm.cpu()
-    rng = np.random.default_rng(0)
-    args = [rng.normal(size=(rows, weight_nk.shape[1])).astype(np.float32), *tensors,
-            np.zeros(out_cols, np.float32), np.zeros((rows, out_cols), np.float32)]
-    timer = _timer(library, device, rows)
+    args = [x, *tensors, np.zeros(out_cols, np.float32), np.zeros((x.shape[0], out_cols), np.float32)]
+    timer = _timer(library, device, x.shape[0])
     return float(np.median(timer(*[tvm.runtime.tensor(a, device) for a in args]).results)) * 1e3
 
 
@@ -171,18 +175,13 @@ def _cache_key(weight_nk, rows, activation, layout, target, threads) -> str:
             f"{layout.describe()}|fill{fill}")
 
 
-def _cache_path() -> Path:
-    return cache_dir() / "tvm-layouts.json"
-
-
-def _load_cache() -> dict:
+def load_timings(name: str = "tvm-layouts.json") -> dict:
+    """The timing cache ``$SPARC_CACHE/name`` (empty when missing or unreadable)."""
     try:
-        return json.loads(_cache_path().read_text())
+        return json.loads((cache_dir() / name).read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _save_cache(cache: dict) -> None:
-    path = _cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(cache, indent=1))
+def save_timings(cache: dict, name: str = "tvm-layouts.json") -> None:
+    write_atomic(cache_dir() / name, json.dumps(cache, indent=1))

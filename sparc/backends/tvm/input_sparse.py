@@ -43,18 +43,15 @@ have the calibrated fraction of entries below the threshold; the fastest wins. O
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import tvm
 from tvm.script import tirx as T
 
 from sparc.backends.tvm import kernels
-from sparc.backends.tvm.choose import Choice, stored_fraction
+from sparc.backends.tvm.choose import Choice, load_timings, save_timings, stored_fraction, time_kernel, time_layout
 from sparc.backends.tvm.kernels import ACTIVATIONS, LANES
-from sparc.files import cache_dir, write_atomic
 
 MAX_ROWS = 8  # up to this many rows (decode) a thresholded input gets this kernel
 UNROLL = 4  # surviving rows of W added per step (dense rows)
@@ -62,7 +59,7 @@ MAX_BLOCK_SHARE = 0.7  # the blocks layout is a candidate when at most this shar
 MARGIN = 0.8  # by bytes: input-sparse when it reads at most this share of the weight layout's bytes
 PREFETCH_ROW_BYTES = 1024  # dense rows up to this long are prefetched in software
 PREFETCH_STEPS = 2  # ... this many steps (of UNROLL rows) ahead
-REPEATS = 40  # timed calls, each after a cache flush
+TIMINGS = "tvm-input-sparse.json"  # timing cache in $SPARC_CACHE
 VERSION = 2  # bump when the kernel changes: cached timings are keyed by it
 
 
@@ -254,22 +251,22 @@ def choose(weight_kn: np.ndarray, rows: int, fraction: float, weight: Choice, ta
         best = min(options, key=options.__getitem__)
         keep = surviving * options[best] <= MARGIN * alone_share
         return InputSparseChoice(shape, rows, fraction, best if keep else None, weight)
-    cache = _load_cache()
+    cache = load_timings(TIMINGS)
     prefix = f"v{VERSION}.{kernels.VERSION}|{target}|t{threads}|{shape}|rows{rows}|{weight.activation}|"
     timings = {}
     for layout, share in options.items():
         key = f"{prefix}{layout.describe()}|fill{share:.2f}|f{fraction:.2f}"
         if key not in cache:
-            cache[key] = _time(_input_sparse_library(weight_kn, rows, weight.activation, layout, target, threads),
-                               inputs_with_fraction(rows, weight_kn.shape[0], fraction), pack(weight_kn, layout),
-                               padded_columns(weight_kn.shape[1]))
-            _save_cache(cache)
+            library = _input_sparse_library(weight_kn, rows, weight.activation, layout, target, threads)
+            x = inputs_with_fraction(rows, weight_kn.shape[0], fraction)
+            cache[key] = time_kernel(library, x, pack(weight_kn, layout), padded_columns(weight_kn.shape[1]))
+            save_timings(cache, TIMINGS)
         timings[layout.describe()] = cache[key]
     alone = f"{weight.layout.describe()} (weight alone)"
     key = f"{prefix}{alone}|fill{alone_share:.2f}"
     if key not in cache:
-        cache[key] = _time_weight_alone(weight_kn, rows, weight, target)
-        _save_cache(cache)
+        cache[key] = time_layout(np.ascontiguousarray(weight_kn.T), rows, weight.layout, weight.activation, target)
+        save_timings(cache, TIMINGS)
     timings[alone] = cache[key]
     best = min(options, key=lambda layout: timings[layout.describe()])
     return InputSparseChoice(shape, rows, fraction, best if timings[best.describe()] < timings[alone] else None,
@@ -288,39 +285,3 @@ def _input_sparse_library(weight_kn, rows: int, activation: str, layout: InputSp
     k_in, n_out = weight_kn.shape
     func = input_sparse_kernel(rows, k_in, n_out, 1.0, activation, layout, pack(weight_kn, layout), tasks=threads)
     return tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
-
-
-def _time_weight_alone(weight_kn, rows: int, weight: Choice, target) -> float:
-    """The weight's own kernel (``choose.py``'s layout), timed as the input-sparse ones."""
-    weight_nk = np.ascontiguousarray(weight_kn.T)
-    tensors = kernels.pack(weight_nk, weight.layout)
-    func = kernels.linear_kernel(rows, weight_nk.shape[1], weight_nk.shape[0], weight.layout, tensors,
-                                 weight.activation)
-    library = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
-    out_cols = tensors[0].shape[0] * kernels.PANEL if weight.layout.format == "dense" else weight_nk.shape[0]
-    x = np.random.default_rng(0).normal(size=(rows, weight_nk.shape[1])).astype(np.float32)
-    return _time(library, x, tensors, out_cols)
-
-
-def _time(library, x: np.ndarray, tensors: list[np.ndarray], out_cols: int) -> float:
-    """Median ms of one call with everything but X flushed from the caches before it."""
-    device = tvm.cpu()
-    args = [x, *tensors, np.zeros(out_cols, np.float32), np.zeros((x.shape[0], out_cols), np.float32)]
-    timer = library.mod.time_evaluator("main", device, number=1, repeat=REPEATS,
-                                       f_preproc="cache_flush_cpu_non_first_arg")
-    return float(np.median(timer(*[tvm.runtime.tensor(a, device) for a in args]).results)) * 1e3
-
-
-def _cache_path() -> Path:
-    return cache_dir() / "tvm-input-sparse.json"
-
-
-def _load_cache() -> dict:
-    try:
-        return json.loads(_cache_path().read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_cache(cache: dict) -> None:
-    write_atomic(_cache_path(), json.dumps(cache, indent=1))
