@@ -35,6 +35,12 @@ def calibration_seconds() -> float:
     return _Clock.seconds
 
 
+def count_calibration_seconds(seconds: float) -> None:
+    """Add ``seconds`` spent running models for calibration outside :func:`exposing_runner`
+    (e.g. a staged run) to :func:`calibration_seconds`."""
+    _Clock.seconds += seconds
+
+
 class _TimedRunner:
     """A runner whose run time counts towards :func:`calibration_seconds`."""
 
