@@ -12,16 +12,18 @@ import numpy as np
 import onnx_ir as ir
 
 from sparc import backends
-from sparc.backends.onnxruntime import export_onnx
+from sparc.backends.onnxruntime import StagedRunner, export_onnx
 from sparc.backends.targets import CHECKED_TARGETS, TargetCheck, verify_models
 from sparc.backends.tvm import TARGETS, TvmBuild, export_library
 from sparc.capture import capture, load_onnx
+from sparc.capture.onnx import external_bytes
 from sparc.capture.torch import is_torch_module
 from sparc.data import CalibrationData, as_calibration, check_feeds, feed_shapes, holdout_size
-from sparc.errors import BackendError, CalibrationError
-from sparc.ir_utils import copy_model
+from sparc.errors import BackendError, CalibrationError, UnsupportedModelError
+from sparc.ir_utils import copy_model, use_weight_store
 from sparc.measure.cost import count_macs, model_stats
 from sparc.measure.latency import Latency, compare
+from sparc.measure.memory import memory_bytes
 from sparc.measure.outputs import TOLERANCES, OutputError
 from sparc.ops import has_sparc_ops, lower_to_standard
 from sparc.passes.canonicalize import Canonicalize
@@ -121,6 +123,7 @@ def compile(
     latency_rounds: int = 10,
     latency_inputs: Mapping | None = None,
     fidelity: Mapping[str, str] | None = None,
+    out_of_core: bool | None = None,
 ) -> CompiledModel:
     """Capture ``model``, run ``recipe`` over it with verification, and prepare ``backend``.
 
@@ -135,13 +138,19 @@ def compile(
     ``backend_options`` go to the backend (ONNX Runtime: ``providers``, ``optimization`` =
     disable | basic | extended | all). ``fidelity`` overrides the measure of named outputs
     (``cosine``, ``logits``, ``probabilities``, ``log_probabilities``, ``exact``; see
-    :mod:`sparc.measure.outputs`).
+    :mod:`sparc.measure.outputs`). ``out_of_core`` (an ONNX path with external data; None:
+    when its weights exceed half this machine's memory): the weights stay memory-mapped, the
+    passes' new weights go to a file as they are made, and calibration, checks and runs go one
+    block at a time (see README "Larger than memory"); no latency is timed.
     """
     parsed = load_recipe(recipe)
     backend = backend or parsed.backend or "onnxruntime"
     target = target or parsed.target or "cpu"
     backends.check_backend(backend, target)
-    ir_model = capture(model, example_inputs=example_inputs, dynamic_axes=dynamic_axes)
+    streamed = _out_of_core(model, out_of_core, backend)
+    ir_model = capture(model, example_inputs=example_inputs, dynamic_axes=dynamic_axes, mapped=streamed)
+    if streamed:
+        use_weight_store(ir_model)
     calib, valid, how = _split_data(ir_model, calibration, example_inputs, model)
     original = copy_model(ir_model)
     pipeline = Pipeline(
@@ -150,27 +159,32 @@ def compile(
     )
     result = pipeline.run(ir_model)
     canonical, entries = (result.entries[0], result.entries[1:]) if parsed.canonicalize else (None, result.entries)
-    runner = backends.prepare(
-        result.model, backend, target, threads=threads, **dict(backend_options or {})
-    )
+    if streamed:
+        runner = StagedRunner(result.model, threads=threads)
+    else:
+        runner = backends.prepare(result.model, backend, target, threads=threads, **dict(backend_options or {}))
     data = valid or calib
     timed = check_feeds(latency_inputs, ir_model, "latency inputs") if latency_inputs is not None else None
     report = Report(
         model=_label(model),
         backend=backend,
         target=target,
-        original=model_stats(original, data.batches[0] if data else None),
+        original=model_stats(original, data.batches[0] if data and not streamed else None),
         passes=entries,
         canonical=canonical,
         validation=how if validate else "disabled",
     )
-    if backend == "tvm" and data is not None:
+    if streamed:
+        peak = max((e.peak_rss or 0 for e in report.steps), default=0)
+        report.notes.append(f"out of core: weights memory-mapped, calibrated, checked and run one block at a "
+                            f"time; peak RSS of the passes {peak / 2**20:,.0f} MB; latency not timed")
+    elif backend == "tvm" and data is not None:
         runner = _tvm_checked(runner, result.model, original, data.batches[0], report, threads,
                               latency_rounds if validate else 0, dict(backend_options or {}),
                               pipeline.measures, timed)
     elif validate and valid is not None and latency_rounds > 0:
         report.latency = _latency(original, runner, timed or valid.batches[0], threads, latency_rounds)
-    if data is not None and report.backend.startswith("onnxruntime"):
+    if data is not None and report.backend.startswith("onnxruntime") and not streamed:
         report.executed_macs = _ort_executed_macs(result.model, data.batches[0])
     if target in CHECKED_TARGETS:
         report.target_check = _target_checked(result.model, original, target, data, threads,
@@ -178,6 +192,19 @@ def compile(
     return CompiledModel(
         result.model, runner, backend=backend, target=target, report=report, original=original
     )
+
+
+def _out_of_core(source, requested: bool | None, backend: str) -> bool:
+    """Whether to compile out of core: as requested, else when ``source`` is an ONNX path whose
+    external data exceeds half of this machine's memory."""
+    is_path = isinstance(source, (str, os.PathLike))
+    if requested and not is_path:
+        raise UnsupportedModelError("out_of_core needs the model as an ONNX file path (its weights in external data)")
+    streamed = requested if requested is not None else is_path and external_bytes(Path(source)) > memory_bytes() / 2
+    if streamed and backend != "onnxruntime":
+        raise BackendError(f"an out-of-core compile exports ONNX for ONNX Runtime; backend {backend!r} needs "
+                           "the model in memory")
+    return streamed
 
 
 def _ort_executed_macs(model: ir.Model, feeds) -> int | None:

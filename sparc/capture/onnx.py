@@ -38,8 +38,12 @@ DTYPE_BITS = {  # bits per element of every numeric ONNX data type
     if code not in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING)
 }
 
-def load_onnx(source, *, name: str | None = None) -> ir.Model:
-    """Return a normalized, independent IR copy of an ONNX model from any accepted source."""
+def load_onnx(source, *, name: str | None = None, mapped: bool = False) -> ir.Model:
+    """Return a normalized, independent IR copy of an ONNX model from any accepted source.
+
+    ``mapped`` (a path only): initializers kept in external data stay memory-mapped from the
+    user's files (read, never written) instead of being loaded: for weights larger than memory.
+    """
     if isinstance(source, ir.Model):
         label = name or "<onnx_ir.Model>"
         model = _copy_ir(source, label)
@@ -48,7 +52,7 @@ def load_onnx(source, *, name: str | None = None) -> ir.Model:
         model = _deserialize(source, label)
     elif isinstance(source, (str, os.PathLike)):
         label = str(source)
-        model = _read_file(Path(source))
+        model = _read_file(Path(source), mapped=mapped)
     else:
         raise UnsupportedModelError(
             f"cannot capture an object of type {type(source).__name__}: expected an "
@@ -57,7 +61,7 @@ def load_onnx(source, *, name: str | None = None) -> ir.Model:
     return normalize(model, label)
 
 
-def _read_file(path: Path) -> ir.Model:
+def _read_file(path: Path, *, mapped: bool = False) -> ir.Model:
     if not path.exists():
         raise UnsupportedModelError(f"{path}: no such file")
     if not path.is_file():
@@ -75,8 +79,19 @@ def _read_file(path: Path) -> ir.Model:
         ir.external_data.set_base_dir(model.graph, path.parent)
     except Exception as exc:
         raise UnsupportedModelError(f"{path}: cannot be read as ONNX ({exc})") from None
-    _load_external_data(model, path)
+    _load_external_data(model, path, initializers=not mapped)
     return model
+
+
+def external_bytes(path: Path) -> int:
+    """Bytes of initializer data ``path`` keeps in external files (0 for an unreadable file:
+    loading it reports why)."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return 0
+    return sum(int(entry.value) for tensor in proto.graph.initializer for entry in tensor.external_data
+               if entry.key == "length")
 
 
 def check_tensors(proto: onnx.ModelProto, label: str, folder: Path | None) -> None:
@@ -189,10 +204,10 @@ def _check_external(tensor: onnx.TensorProto, where: str, folder: Path) -> None:
         )
 
 
-def _load_external_data(model: ir.Model, path: Path) -> None:
-    """Bring external tensors (initializers and attributes, subgraphs included) into memory,
-    so the IR no longer depends on the user's files."""
-    for graph in _graphs(model.graph):
+def _load_external_data(model: ir.Model, path: Path, *, initializers: bool = True) -> None:
+    """Bring external tensors (initializers unless not ``initializers``, and attributes,
+    subgraphs included) into memory, so the IR no longer depends on the user's files."""
+    for graph in _graphs(model.graph) if initializers else ():
         for value in graph.initializers.values():
             if isinstance(value.const_value, ir.ExternalTensor):
                 value.const_value = _in_memory(value.const_value, value.name, path)

@@ -8,6 +8,7 @@ Where that reset is not allowed, a thread samples ``VmRSS`` every 5 ms instead. 
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from pathlib import Path
@@ -74,3 +75,8 @@ class PeakMemory:
         if self._exact:
             self._record((_status_kib("VmHWM") or 0) * 1024)
         self._record(rss_bytes())
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

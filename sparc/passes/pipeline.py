@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from sparc.backends.onnxruntime import staged_outputs
 from sparc.data import CalibrationData
 from sparc.errors import CalibrationError, PassError, SparcError
-from sparc.ir_utils import check_model
+from sparc.ir_utils import check_model, weight_store
 from sparc.measure.cost import ModelStats, model_stats
 from sparc.measure.execute import calibration_seconds, run_batches
 from sparc.measure.memory import PeakMemory
@@ -104,7 +105,7 @@ class Pipeline:
                 raise PassError(pass_.name, previous, f"the ONNX checker rejects its output: {problem}")
             start = time.perf_counter()
             error, last = self._verify(pass_, model, reference, last, previous)
-            stats = model_stats(model, feeds)
+            stats = model_stats(model, None if weight_store(model.graph) else feeds)
             entries.append(
                 PassEntry(pass_.name, pass_.options(), modified, seconds, stats, error, pass_.details,
                           memory.bytes, calibration_seconds=calibrating,
@@ -128,6 +129,9 @@ class Pipeline:
             raise PassError(pass_.name, previous, _describe(exc)) from exc
 
     def _outputs(self, model: ir.Model) -> list:
+        """The model's outputs on the validation data; out of core, one block at a time."""
+        if weight_store(model.graph) is not None:
+            return staged_outputs(model, self.validation, threads=self.threads)
         return run_batches(model, self.validation, threads=self.threads)
 
     def _reference_outputs(self, model: ir.Model) -> list | None:

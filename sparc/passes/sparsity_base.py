@@ -28,7 +28,6 @@ Cases:
 
 from __future__ import annotations
 
-import bisect
 import fnmatch
 from collections import defaultdict
 
@@ -37,11 +36,13 @@ import onnx_ir as ir
 
 from sparc.algorithms import owl, sparsegpt
 from sparc.algorithms.sparsity import Pattern, annotate, select_mask
-from sparc.analysis.blocks import find_segments, nodes_between
+from sparc.analysis.blocks import find_segments
 from sparc.analysis.linear import LinearLayer, find_linear_layers, skipped_layers_note
+from sparc.analysis.stages import split_into_stages
 from sparc.errors import CalibrationError, RecipeError, StructureError
 from sparc.measure.execute import collect
 from sparc.measure.reducers import ChannelStats, Gram, token_mask
+from sparc.measure.staged import StagedRun
 from sparc.passes import edit
 from sparc.passes.base import SparcPass, choice, integer, number, patterns
 
@@ -104,14 +105,14 @@ class SparsityPass(SparcPass):
                 f"skip {self.skip or 'none'}, layers writing graph outputs "
                 f"{'included' if self.include_outputs else 'left dense'}")
             return ir.passes.PassResult(model, modified=False)
-        _check_finite_weights(layers)
         self.prepare(model, layers)
         units = sharing_units(layers)
-        groups, calibration = self._calibration_groups(model, units)
+        groups, run, calibration = self._calibration_groups(model, units)
         kept = total = 0
         raised = {}
-        for group in groups:
-            reducers = self._input_statistics(model, [layer for unit in group for layer in unit])
+        for stage, group in groups:
+            _check_finite_weights([layer for unit in group for layer in unit])
+            reducers = self._input_statistics(model, [layer for unit in group for layer in unit], run, stage)
             by_inputs = {}  # one statistic (one SparseGPT factorization) per distinct set of inputs
             for unit in group:
                 inputs = tuple(dict.fromkeys(layer.input.name for layer in unit))
@@ -144,25 +145,29 @@ class SparsityPass(SparcPass):
     def prepare(self, model: ir.Model, layers: list[LinearLayer]) -> None:
         """Work on the selected layers before any is sparsified (none here)."""
 
-    def _calibration_groups(self, model, units) -> tuple[list[list[list[LinearLayer]]], str]:
-        """Units of layers in the order they are calibrated and sparsified (case 4 of the module
-        docstring); a unit of layers sharing one weight goes with its first layer."""
+    def _calibration_groups(self, model, units) -> tuple[list[tuple[int | None, list]], StagedRun | None, str]:
+        """(stage, units) in the order they are calibrated and sparsified, the staged run that
+        calibrates them block by block (None: one run of the whole model), and how (case 4 of
+        the module docstring). A unit of layers sharing one weight goes with its first layer."""
         if self.method == "magnitude" or not self.sequential:
-            return [units], "one pass"
+            return [(None, units)], None, "one pass"
         try:
-            segments = find_segments(model)
+            stages = split_into_stages(model, find_segments(model))
         except StructureError as exc:
-            return [units], f"one pass (no blocks: {exc})"
-        order = {node: i for i, node in enumerate(model.graph)}
-        inside = {node: seg.index for seg in segments for node in nodes_between(seg.input, seg.output)}
-        starts = [order.get(seg.input.producer(), -1) for seg in segments]
-        groups: dict[float, list[list[LinearLayer]]] = defaultdict(list)
+            return [(None, units)], None, f"one pass (no blocks: {exc})"
+        stage_of = {node: stage.index for stage in stages for node in stage.nodes}
+        spanning = [unit[0].name for unit in units if len({stage_of[layer.node] for layer in unit}) > 1]
+        if spanning:
+            return [(None, units)], None, f"one pass (layers sharing one weight lie in different blocks: {spanning[:3]})"
+        groups: dict[int, list[list[LinearLayer]]] = defaultdict(list)
         for unit in units:
-            key = inside.get(unit[0].node)
-            groups[key if key is not None else bisect.bisect(starts, order[unit[0].node]) - 0.5].append(unit)
-        return [groups[k] for k in sorted(groups)], f"sequential, {len(groups)} groups"
+            groups[stage_of[unit[0].node]].append(unit)
+        run = StagedRun(model, [stage.nodes for stage in stages], self.calibration, threads=self.threads)
+        return sorted(groups.items()), run, f"sequential, block by block: {len(groups)} groups"
 
-    def _input_statistics(self, model, layers) -> dict:
+    def _input_statistics(self, model, layers, run: StagedRun | None, stage: int | None) -> dict:
+        """Reducers of the layers' inputs: from the staged run at ``stage`` (the stages before
+        it run first, on the weights as the pass left them), else from one run of the model."""
         if self.method == "magnitude":
             return {}
         mask = token_mask(model)
@@ -170,7 +175,12 @@ class SparsityPass(SparcPass):
         for layer in layers:
             if layer.input.name not in reducers:
                 reducers[layer.input.name] = Gram(mask) if self.method == "sparsegpt" else ChannelStats(mask)
-        collect(model, reducers, self.calibration, threads=self.threads, description=self.name)
+        if run is None:
+            collect(model, reducers, self.calibration, threads=self.threads, description=self.name)
+        else:
+            while run.next < stage:
+                run.advance(description=self.name)
+            run.expose(stage, reducers, description=self.name)
         for name, reducer in reducers.items():
             statistic = reducer.matrix if self.method == "sparsegpt" else reducer.sq_sum
             if statistic is None or not np.isfinite(statistic).all():
