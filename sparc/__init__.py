@@ -12,7 +12,8 @@ Layers, bottom to top; a module imports only from its own layer and those below
 
 1. ``errors``, ``files``, ``ir_utils``, ``capture`` (ONNX files / torch modules -> IR)
 2. ``runtime``: ONNX Runtime sessions over an IR (custom domains lowered by what registered them);
-   ``torch_runtime``: the IR run in torch, differentiable (recovery passes train with it)
+   ``torch_runtime``: the IR run in torch, differentiable (recovery passes train with it);
+   ``distributed``: where calibration and tuning work runs (this process, or Ray workers)
 3. ``data``: calibration intake and checks
 4. ``measure``: running with exposed values (``execute``), streaming ``reducers``, output error
    and fidelity (``outputs``), ``cost`` (params, MACs), ``latency``, ``memory``
@@ -34,6 +35,7 @@ from sparc.data import CalibrationData
 from sparc.errors import (
     BackendError,
     CalibrationError,
+    DistributedError,
     PassError,
     RecipeError,
     SparcError,
@@ -50,6 +52,7 @@ __all__ = [
     "CalibrationData",
     "CalibrationError",
     "CompiledModel",
+    "DistributedError",
     "PassError",
     "RecipeError",
     "SparcError",

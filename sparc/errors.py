@@ -61,3 +61,7 @@ class BackendError(SparcError):
 
 class TuneError(SparcError):
     """``sparc.tune`` was given options it cannot search with (budget, metric, data, store)."""
+
+
+class DistributedError(SparcError):
+    """Ray is not installed, a cluster cannot be reached, or a worker died (``sparc[distributed]``)."""

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent / "sparc"
 # bottom to top, as in sparc/__init__.py; a module imports only from its layer and below
 LAYERS = [
     ["sparc.errors", "sparc.files", "sparc.ir_utils", "sparc.capture", "sparc.capture.*"],
-    ["sparc.runtime", "sparc.torch_runtime"],
+    ["sparc.runtime", "sparc.torch_runtime", "sparc.distributed"],
     ["sparc.data"],
     ["sparc.measure", "sparc.measure.*"],
     ["sparc.analysis", "sparc.analysis.*", "sparc.ops", "sparc.ops.*"],

@@ -3,22 +3,31 @@
 :func:`collect` runs the current IR in ONNX Runtime with the requested values exposed as
 graph outputs and feeds each batch's arrays to reducers (:mod:`sparc.measure.reducers`), so
 memory holds one batch of activations plus the running statistics, however many batches
-there are. :func:`run_batches` returns a model's outputs batch by batch.
+there are. On an engine of several workers (:mod:`sparc.distributed`), the batches are dealt
+round-robin to the workers, each reduces its share into fresh reducers, and the shares are
+merged in worker order. :func:`run_batches` returns a model's outputs batch by batch.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from sparc.data import CalibrationData, Feeds
+from sparc.distributed import Engine, Shard
 from sparc.errors import CalibrationError
+from sparc.ir_utils import PROTOBUF_LIMIT, weight_bytes, weight_store
 from sparc.measure.reducers import Reducer
 from sparc.runtime import OrtRunner
+
+logger = logging.getLogger(__name__)
 
 EXPOSED_BYTES = 256 * 2**20  # exposed values per calibration run (see collect)
 
@@ -31,7 +40,8 @@ class _Clock:
 
 def calibration_seconds() -> float:
     """Seconds spent building and running :func:`exposing_runner` sessions in this process so
-    far; a pass's calibration time is the difference across it."""
+    far (and waiting for workers calibrating on an engine); a pass's calibration time is the
+    difference across it."""
     return _Clock.seconds
 
 
@@ -95,6 +105,7 @@ def collect(
     *,
     threads: int | None = None,
     description: str = "calibrating",
+    engine: Engine | None = None,
 ) -> None:
     """Run ``model`` over ``data`` and stream each named value into its reducer(s).
 
@@ -105,13 +116,40 @@ def collect(
     whole batches, the only size ONNX Runtime accepts. The session runs without ONNX
     Runtime's memory arena, so activations are returned between runs. Values that are
     initializers are not run: reducers of constants make no sense.
+
+    With an ``engine`` of k > 1 workers and reducers that merge, worker j reduces batches j,
+    j + k, … (in that order, ``threads`` intra-op threads each, default 1) into fresh reducers,
+    merged into ``reducers`` in worker order: the same sums as one process, added in another
+    order (float64). Otherwise, or for a model out of core or over protobuf's 2 GB, it runs here.
     """
     targets = {name: r if isinstance(r, Sequence) else (r,) for name, r in reducers.items()}
     additive = all(getattr(r, "additive", False) for group in targets.values() for r in group)
     splittable = additive and _any_batch_size(model)
+    if _shardable(model, targets, data, engine):
+        _collect_sharded(model, targets, data, engine, splittable, threads or 1, description)
+        return
     runner = exposing_runner(model, list(targets), threads=threads, arena=False)
+    _stream(runner, targets, _progress(data, description), splittable, description)
+
+
+def _shardable(model: ir.Model, targets, data: CalibrationData, engine: Engine | None) -> bool:
+    """Whether ``collect`` runs on the engine's workers (its docstring says when)."""
+    if engine is None or engine.workers < 2 or len(data) < 2:
+        return False
+    if not all(getattr(r, "mergeable", False) for group in targets.values() for r in group):
+        logger.info("calibration runs in this process: a reducer cannot be merged across workers")
+        return False
+    if weight_store(model.graph) is not None or weight_bytes(model) >= PROTOBUF_LIMIT - 2**26:
+        logger.warning("calibration runs in this process: workers receive the model serialized, and it is "
+                       "out of core or over protobuf's 2 GB")
+        return False
+    return True
+
+
+def _stream(runner, targets, batches: Iterable[Feeds], splittable: bool, description: str) -> None:
+    """Feed every batch (in parts when ``splittable``: see :func:`collect`) to the reducers."""
     per_sample = None
-    for feeds in _progress(data, description):
+    for feeds in batches:
         samples = _samples(feeds) if splittable else None
         if samples is None:
             _update(runner, targets, feeds, description)
@@ -122,6 +160,30 @@ def collect(
             exposed = _update(runner, targets, {k: v[start : start + size] for k, v in feeds.items()}, description)
             per_sample = per_sample or max(1, exposed // size)
             start += size
+
+
+def _collect_sharded(model, targets, data, engine: Engine, splittable: bool, threads: int, description: str) -> None:
+    """:func:`collect` on the engine's workers: the model goes out once, serialized."""
+    start = time.perf_counter()
+    payload = ir.serde.serialize_model(model).SerializeToString()
+    fresh = {name: [r.fresh() for r in group] for name, group in targets.items()}
+    logger.info("%s: %d batches on %d workers", description, len(data), engine.workers)
+    with engine.shards(data.batches) as shards:
+        parts = shards.map(_collect_shard, payload, fresh, splittable, threads, description)
+    for part in parts:
+        for name, group in targets.items():
+            for reducer, share in zip(group, part[name]):
+                reducer.merge(share)
+    count_calibration_seconds(time.perf_counter() - start)
+
+
+def _collect_shard(shard: Shard, payload: bytes, fresh, splittable: bool, threads: int, description: str):
+    """On a worker: its batches reduced into copies of the ``fresh`` reducers, returned."""
+    model = ir.serde.deserialize_model(onnx.ModelProto.FromString(payload))
+    targets = copy.deepcopy(fresh)
+    runner = exposing_runner(model, list(targets), threads=threads, arena=False)
+    _stream(runner, targets, shard.items, splittable, description)
+    return targets
 
 
 def _any_batch_size(model: ir.Model) -> bool:

@@ -42,6 +42,16 @@ class MagnitudeHistogram(Reducer):
         bins = (values.view(np.uint32) & np.uint32(0x7FFFFFFF)) >> np.uint32(SHIFT)
         self.counts += np.bincount(bins.ravel(), minlength=BINS)
 
+    def fresh(self) -> MagnitudeHistogram:
+        return MagnitudeHistogram(self.row_mask)
+
+    def merge(self, other: MagnitudeHistogram) -> MagnitudeHistogram:
+        """The histogram of both inputs: counts add per bin (exactly: integers)."""
+        if not isinstance(other, MagnitudeHistogram):
+            raise TypeError(f"cannot merge {type(other).__name__} into MagnitudeHistogram")
+        self.counts += other.counts
+        return self
+
     def threshold(self, fraction: float) -> float:
         """The t for which a ``fraction`` of the counted entries have |x| < t (0 for 0)."""
         total = self.total

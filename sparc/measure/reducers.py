@@ -24,6 +24,19 @@ class Reducer:
     def update(self, array: np.ndarray, feeds: Feeds) -> None:
         raise NotImplementedError
 
+    def fresh(self) -> Reducer:
+        """A reducer with the same options that has seen nothing (for a worker's share)."""
+        raise NotImplementedError
+
+    def merge(self, other: Reducer) -> Reducer:
+        """Add what ``other`` (same options) saw to this one: the reducer of both inputs."""
+        raise NotImplementedError
+
+    @property
+    def mergeable(self) -> bool:
+        """Whether shares of the data may be reduced apart (in several workers) and merged."""
+        return self.additive and type(self).merge is not Reducer.merge
+
 
 class Gram(Reducer):
     """Running XᵀX (float64) over rows x of the last axis (or ``axis``), and the row count.
@@ -58,6 +71,17 @@ class Gram(Reducer):
         self.matrix = gram if self.matrix is None else self.matrix + gram
         self.rows += rows.shape[0]
 
+    def fresh(self) -> Gram:
+        return Gram(self.row_mask, center=self.center, normalize=self.normalize, axis=self.axis)
+
+    def merge(self, other: Gram) -> Gram:
+        """XᵀX of the stacked rows [X; Y] is XᵀX + YᵀY; row counts add."""
+        _check_same(self, other, ("center", "normalize", "axis"))
+        if other.matrix is not None:
+            self.matrix = other.matrix.copy() if self.matrix is None else self.matrix + other.matrix
+        self.rows += other.rows
+        return self
+
 
 class ChannelStats(Reducer):
     """Per-channel sums over rows: Σx, Σ|x|, Σx² (float64) and the row count.
@@ -88,6 +112,22 @@ class ChannelStats(Reducer):
             self.sq_sum += parts[2]
         self.rows += rows.shape[0]
 
+    def fresh(self) -> ChannelStats:
+        return ChannelStats(self.row_mask, axis=self.axis)
+
+    def merge(self, other: ChannelStats) -> ChannelStats:
+        """Σx, Σ|x|, Σx² and the row count of both inputs: the sums add."""
+        _check_same(self, other, ("axis",))
+        if other.sum is not None:
+            if self.sum is None:
+                self.sum, self.abs_sum, self.sq_sum = other.sum.copy(), other.abs_sum.copy(), other.sq_sum.copy()
+            else:
+                self.sum += other.sum
+                self.abs_sum += other.abs_sum
+                self.sq_sum += other.sq_sum
+        self.rows += other.rows
+        return self
+
     @property
     def mean(self) -> np.ndarray:
         return self.sum / max(self.rows, 1)
@@ -96,6 +136,13 @@ class ChannelStats(Reducer):
     def l2(self) -> np.ndarray:
         """‖x_j‖₂ over all rows seen, per channel j."""
         return np.sqrt(self.sq_sum)
+
+
+def _check_same(reducer: Reducer, other: Reducer, options: tuple[str, ...]) -> None:
+    """Only reducers of one kind with the same options merge."""
+    if type(other) is not type(reducer) or any(getattr(reducer, o) != getattr(other, o) for o in options):
+        raise TypeError(f"cannot merge {type(other).__name__} into {type(reducer).__name__} "
+                        f"with other options ({', '.join(options)})")
 
 
 def token_mask(model: ir.Model, name: str = "attention_mask"):

@@ -70,7 +70,7 @@ class ActivationSparsity(SparcPass):
         wheres = {value: _insert_where(model.graph, value, layers) for value, layers in readers.items()}
         for round_ in range(self.rounds):
             histograms = {value.name: MagnitudeHistogram(token_mask(model)) for value in readers}
-            collect(model, histograms, self.calibration, threads=self.threads,
+            collect(model, histograms, self.calibration, threads=self.threads, engine=self.engine,
                     description=f"{self.name} (round {round_ + 1} of {self.rounds})")
             for value, where in wheres.items():
                 _set_threshold(model.graph, where, histograms[value.name].threshold(self.fraction))

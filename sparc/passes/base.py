@@ -5,8 +5,10 @@ constructor (bad values raise :class:`RecipeError` naming the pass and option). 
 explicit ``PassResult`` and fills ``self.details`` with what it did, which the pipeline puts
 in the report. A pass that needs calibration data reads it from ``self.calibration``: its own
 ``calibration=`` option when given, else the pipeline's. A recovery pass (``needs_reference``)
-reads the model the pipeline was given, before any pass, from ``self.reference``. The pipeline binds its data before
-each run and the details start empty, so one pass object can serve any number of compiles.
+reads the model the pipeline was given, before any pass, from ``self.reference``. Calibration
+runs on ``self.engine`` (:mod:`sparc.distributed`: this process unless the compile was given
+``ray=``). The pipeline binds its data before each run and the details start empty, so one
+pass object can serve any number of compiles.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, ClassVar
 import onnx_ir as ir
 
 from sparc.data import CalibrationData
+from sparc.distributed import Engine, InProcess
 from sparc.errors import RecipeError
 
 PASSES: dict[str, type[SparcPass]] = {}
@@ -48,6 +51,7 @@ class SparcPass(ir.passes.InPlacePass):
         self.max_error = optional_number(self, "max_error", max_error, low=0.0)
         self.details: dict[str, Any] = {}
         self.reference: ir.Model | None = None
+        self.engine: Engine = InProcess()
 
     @property
     def name(self) -> str:
@@ -61,12 +65,15 @@ class SparcPass(ir.passes.InPlacePass):
             if name not in ("calibration", "threads")
         }
 
-    def bind(self, calibration: CalibrationData | None, threads: int | None, reference: ir.Model | None = None) -> None:
+    def bind(self, calibration: CalibrationData | None, threads: int | None, reference: ir.Model | None = None,
+             engine: Engine | None = None) -> None:
         """Called by the pipeline before each run: its calibration data and threads unless the
-        pass was given its own, and the original model; the details of an earlier run are dropped."""
+        pass was given its own, the original model, and the engine calibration runs on (None:
+        this process); the details of an earlier run are dropped."""
         self._calibration = self._own_calibration if self._own_calibration is not None else calibration
         self.threads = self._own_threads if self._own_threads is not None else threads
         self.reference = reference
+        self.engine = engine if engine is not None else InProcess()
         self.details = {}
 
     @property

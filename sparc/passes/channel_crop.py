@@ -303,7 +303,7 @@ class ChannelCrop(SparcPass):
             if "reconstruct" in self.refinements and refittable(member) and stats[name].gram is None:
                 stats[name].gram = Gram(axis=axis)
         reducers = {name: [s.channels] + ([s.gram] if s.gram else []) for name, s in stats.items()}
-        collect(model, reducers, self.calibration, threads=self.threads, description=self.name)
+        collect(model, reducers, self.calibration, threads=self.threads, description=self.name, engine=self.engine)
         return stats
 
 

@@ -31,6 +31,7 @@ import onnx_ir as ir
 
 from sparc.backends.onnxruntime import staged_outputs
 from sparc.data import CalibrationData
+from sparc.distributed import Engine
 from sparc.errors import CalibrationError, PassError, SparcError
 from sparc.ir_utils import check_model, weight_store
 from sparc.measure.cost import ModelStats, model_stats
@@ -76,8 +77,10 @@ class Pipeline:
         validate: bool = True,
         threads: int | None = None,
         fidelity: Mapping[str, str] | None = None,
+        engine: Engine | None = None,
     ):
         self.passes = list(passes)
+        self.engine = engine  # where the passes calibrate (None: this process)
         self.calibration = calibration
         self.validation = validation if validate else None
         self.threads = threads
@@ -115,7 +118,7 @@ class Pipeline:
         return PipelineResult(model, entries)
 
     def _apply(self, pass_: SparcPass, model: ir.Model, previous: list[str]) -> bool:
-        pass_.bind(self.calibration, self.threads, self.original)
+        pass_.bind(self.calibration, self.threads, self.original, self.engine)
         try:
             return pass_(model).modified
         except PassError:

@@ -160,7 +160,7 @@ class SliceRowsColumns(SparcPass):
         reducers = {
             v.name: Gram(mask, center=center, normalize=True) for v in structure.stream
         }
-        collect(model, reducers, self.calibration, threads=self.threads, description=self.name)
+        collect(model, reducers, self.calibration, threads=self.threads, description=self.name, engine=self.engine)
         return [(reducers[v.name].matrix, reducers[v.name].rows) for v in structure.stream]
 
     def _rotations(self, grams) -> list[np.ndarray]:
@@ -180,7 +180,7 @@ class SliceRowsColumns(SparcPass):
         self._check_schedule(len(units), "MLP units")
         mask = token_mask(model)
         stats = {u.hidden.name: ChannelStats(mask) for u in units}
-        collect(model, stats, self.calibration, threads=self.threads, description=self.name)
+        collect(model, stats, self.calibration, threads=self.threads, description=self.name, engine=self.engine)
         kept = []
         for index, unit in enumerate(units):
             keep = _important_channels(unit, stats[unit.hidden.name], self._kept(unit.channels, index))
