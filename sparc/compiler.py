@@ -19,6 +19,7 @@ from sparc.capture import capture, load_onnx
 from sparc.capture.onnx import external_bytes
 from sparc.capture.torch import is_torch_module
 from sparc.data import CalibrationData, as_calibration, check_feeds, feed_shapes, holdout_size
+from sparc.distributed import Engine, session
 from sparc.errors import BackendError, CalibrationError, UnsupportedModelError
 from sparc.ir_utils import copy_model, use_weight_store
 from sparc.measure.cost import count_macs, model_stats
@@ -124,6 +125,7 @@ def compile(
     latency_inputs: Mapping | None = None,
     fidelity: Mapping[str, str] | None = None,
     out_of_core: bool | None = None,
+    ray: str | Engine | None = None,
 ) -> CompiledModel:
     """Capture ``model``, run ``recipe`` over it with verification, and prepare ``backend``.
 
@@ -141,7 +143,9 @@ def compile(
     :mod:`sparc.measure.outputs`). ``out_of_core`` (an ONNX path with external data; None:
     when its weights exceed half this machine's memory): the weights stay memory-mapped, the
     passes' new weights go to a file as they are made, and calibration, checks and runs go one
-    block at a time (see README "Larger than memory"); no latency is timed.
+    block at a time (see README "Larger than memory"); no latency is timed. ``ray``: where the
+    passes calibrate (None: this process; ``"local"``: a Ray cluster started on this machine for
+    this compile; a cluster address; or an engine of :mod:`sparc.distributed`, left open).
     """
     parsed = load_recipe(recipe)
     backend = backend or parsed.backend or "onnxruntime"
@@ -153,11 +157,12 @@ def compile(
         use_weight_store(ir_model)
     calib, valid, how = _split_data(ir_model, calibration, example_inputs, model)
     original = copy_model(ir_model)
-    pipeline = Pipeline(
-        [Canonicalize(), *parsed.passes] if parsed.canonicalize else parsed.passes, calibration=calib,
-        validation=valid, validate=validate, threads=threads, fidelity=fidelity,
-    )
-    result = pipeline.run(ir_model)
+    with session(ray) as engine:
+        pipeline = Pipeline(
+            [Canonicalize(), *parsed.passes] if parsed.canonicalize else parsed.passes, calibration=calib,
+            validation=valid, validate=validate, threads=threads, fidelity=fidelity, engine=engine,
+        )
+        result = pipeline.run(ir_model)
     canonical, entries = (result.entries[0], result.entries[1:]) if parsed.canonicalize else (None, result.entries)
     if streamed:
         runner = StagedRunner(result.model, threads=threads)
