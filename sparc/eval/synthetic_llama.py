@@ -391,6 +391,21 @@ def build_graph(shape: LlamaShape, weights: Callable[[str], ir.Value], b: _Build
                     opset_imports={"": OPSET}, name="llama_prefill")
 
 
+def structure_model(shape: LlamaShape) -> ir.Model:
+    """The same graph with every weight a graph input instead of data (nothing generated or
+    written): for checking a shape's graph, e.g. that ONNX Runtime accepts it, at any size."""
+    shapes = {spec.name: spec.shape for spec in weight_specs(shape)}
+    inputs: list[ir.Value] = []
+
+    def weight(name: str) -> ir.Value:
+        inputs.append(ir.Value(name=name, type=ir.TensorType(FLOAT), shape=ir.Shape(shapes[name])))
+        return inputs[-1]
+
+    graph = build_graph(shape, weight, _Builder())
+    graph.inputs.extend(inputs)
+    return ir.Model(graph, ir_version=IR_VERSION, producer_name="sparc.eval.synthetic_llama")
+
+
 # ---- writing ------------------------------------------------------------------------------
 
 
@@ -460,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = write_random_llama(folder / "model.onnx", shape, seed=args.seed)
     seconds = time.perf_counter() - start
     data = path.with_name(path.name + ".data").stat().st_size
-    peak_text = "unmeasured" if peak.bytes is None else f"{peak.bytes / 2**20:.0f} MiB"
+    peak_text = "unmeasured" if peak.bytes is None else f"{peak.bytes / 2**20:.0f} MiB ({peak.start / 2**20:.0f} MiB at start)"
     sys.stdout.write(f"{path}: {shape.parameters():,} parameters, {shape.weight_bytes():,} weight bytes, "
                      f"data file {data:,} bytes, {seconds:.1f} s, peak RSS {peak_text}\n")
     return 0
