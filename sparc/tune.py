@@ -22,7 +22,9 @@
    for a saved time Σ r_g·t_g is least at r_g ∝ t_g/s_g, which this ranking follows.
 4. **Measured, not predicted**: every candidate is compiled (:func:`evaluate`), its loss taken
    on held-out calibration batches and its speed timed side by side with the original on the
-   backend. The answer is the fastest candidate within the budget, compiled again from its
+   backend. Optuna's study holds the trials (ask, evaluate, tell): in this process one
+   candidate at a time; on Ray (``ray=``) as many at once as the cluster has CPUs, each
+   evaluation a task (the group sensitivities of step 2 too). The answer is the fastest candidate within the budget, compiled again from its
    recipe and measured again at least ``MIN_SPEEDUP`` (1.03×, above timing noise) faster than
    the original; else the original model.
 
@@ -57,7 +59,9 @@ from sparc.analysis.transformer import find_transformer
 from sparc.capture import capture
 from sparc.compiler import CompiledModel, compile
 from sparc.data import CalibrationData, as_calibration, holdout_size
+from sparc.distributed import Engine, InProcess, Task, session
 from sparc.errors import SparcError, StructureError, TuneError
+from sparc.ir_utils import PROTOBUF_LIMIT, weight_bytes
 from sparc.files import write_atomic
 from sparc.measure.cost import observed_shapes
 from sparc.measure.outputs import KL_MEASURES, OutputError, measures_of
@@ -416,6 +420,7 @@ def tune(
     latency_batch: int | None = None,
     seed: int = 0,
     progress: Callable[[Progress], None] | None = None,
+    ray: str | Engine | None = None,
 ) -> TuneResult:
     """The fastest model within ``max_loss`` (module docstring), as a :class:`TuneResult`.
 
@@ -423,6 +428,8 @@ def tune(
     ``time_budget`` in seconds (None: only ``trials`` bounds the search); ``store``: a file
     where every measured candidate is kept, so a rerun with the same store resumes.
     ``latency_batch``: time on the first rows of the first held-out batch (default: all).
+    ``ray``: where candidates are evaluated (None: here, one at a time; ``"local"``: a Ray
+    cluster started on this machine; a cluster address; or an engine of :mod:`sparc.distributed`).
     """
     import optuna
 
@@ -437,15 +444,15 @@ def tune(
     settings = _settings(ir_model, held_out, metric, backend, target, threads, latency_batch)
     study = _study(optuna, store, ir_model, settings, max_loss, seed)
     report = _reporter(progress, start, time_budget)
-    space = _space(ir_model, data, settings, set(passes or FAMILIES), study, report)
-    objective = _objective(space, ir_model, data, settings, max_loss)
-    count = _remaining_trials(study, trials)
-    if not study.trials:
-        for params in _seeds(space, max_loss):
-            study.enqueue_trial(params)
-    remaining = None if time_budget is None else max(time_budget - (time.perf_counter() - start), 1.0)
-    study.optimize(objective, n_trials=count, timeout=remaining,
-                   callbacks=[lambda s, t: report(_records(s, max_loss), "searching")])
+    with session(ray) as engine:
+        work = _Work(engine, ir_model, data, settings)
+        space = _space(ir_model, data, settings, set(passes or FAMILIES), study, report, work)
+        count = _remaining_trials(study, trials)
+        if not study.trials:
+            for params in _seeds(space, max_loss):
+                study.enqueue_trial(params)
+        deadline = None if time_budget is None else max(start + time_budget, time.perf_counter() + 1.0)
+        _search(study, space, work, max_loss, count, deadline, report)
     records = _records(study, max_loss)
     compiled, chosen, recipe, message = _choose(records, ir_model, data, settings, max_loss)
     name = metric if isinstance(metric, str) else ("callable" if callable(metric) else "default (cosine or KL)")
@@ -520,16 +527,17 @@ def _fingerprint(model: ir.Model, settings: Settings, max_loss: float) -> str:
 
 
 def _space(model: ir.Model, data: CalibrationData, settings: Settings, families: set[str], study,
-           report) -> Space:
+           report, work: _Work) -> Space:
     """The space of step 1 with each group's sensitivity (step 2), kept in the study's store."""
     stored = study.user_attrs.get("space")
     if stored is not None:
         return Space([Group(**g) for g in stored["groups"]], stored["stream"], stored["blocks"],
                      stored["reconstruct"], stored["routing"])
     groups = _prunable_groups(model, data, settings) if "ChannelCrop" in families else []
-    for index, group in enumerate(groups):
-        report([], f"sensitivity {index + 1}/{len(groups)}")
-        group.sensitivity = _sensitivity(model, data, settings, group)
+    sensitivities = work.gather(_sensitivity, [(g,) for g in groups],
+                                lambda done: report([], f"sensitivity {done}/{len(groups)}"))
+    for group, sensitivity in zip(groups, sensitivities):
+        group.sensitivity = sensitivity
     space = Space(
         [g for g in groups if math.isfinite(g.sensitivity)],
         stream="SliceRowsColumns" in families and _has(find_transformer, model),
@@ -652,29 +660,110 @@ def _neutral(space: Space) -> dict[str, Any]:
     return params
 
 
-def _objective(space: Space, model: ir.Model, data: CalibrationData, settings: Settings, max_loss: float):
+class _Work:
+    """Candidate compiles on an engine: the model and data go to it once (to Ray serialized)."""
+
+    def __init__(self, engine: Engine, model: ir.Model, data: CalibrationData, settings: Settings):
+        local = isinstance(engine, InProcess)
+        if not local and weight_bytes(model) >= PROTOBUF_LIMIT - 2**26:
+            raise TuneError("tune on Ray sends the model to its workers serialized, which protobuf cannot "
+                            "do over 2 GB: tune without ray")
+        self.engine = engine
+        self.model = engine.put(model if local else ir.serde.serialize_model(model))
+        self.data = engine.put(data)
+        self.settings = settings
+
+    def submit(self, fn: Callable, *args) -> Task:
+        """``fn(model, data, settings, *args)`` on the engine."""
+        return self.engine.submit(fn, self.model, self.data, self.settings, *args)
+
+    def gather(self, fn: Callable, calls: Sequence[tuple], done: Callable[[int], None]) -> list:
+        """``fn`` over every argument tuple, up to the engine's workers at once; results in
+        call order; ``done(count)`` after each finishes."""
+        results: dict[int, Any] = {}
+        pending: dict[Task, int] = {}
+        queue = list(enumerate(calls))
+        while queue or pending:
+            while queue and len(pending) < self.engine.workers:
+                index, args = queue.pop(0)
+                pending[self.submit(fn, *args)] = index
+            for task in self.engine.wait(list(pending)):
+                results[pending.pop(task)] = task.result()
+                done(len(results))
+        return [results[i] for i in range(len(calls))]
+
+
+def _search(study, space: Space, work: _Work, max_loss: float, count: int | None, deadline: float | None,
+            report) -> None:
+    """Ask, evaluate, tell until ``count`` trials were asked or ``deadline`` passed (then the
+    evaluations under way finish), up to the engine's workers at once. An unexpected error
+    fails the trials still open and is raised."""
     import optuna
 
-    def objective(trial) -> tuple[float, float]:
-        params = space.suggest(trial)
-        recipe = space.recipe(params)
-        trial.set_user_attr("recipe", recipe)
-        if not recipe:
-            trial.set_user_attr("error", "nothing to compress (all ratios 0)")
-            raise optuna.TrialPruned()
-        if (twin := _measured_twin(trial, recipe)) is not None:
-            trial.set_user_attr("error", f"same recipe as trial {twin}, not measured again")
-            raise optuna.TrialPruned()
-        try:
-            measurement, _ = evaluate(model, recipe, data, settings)
-        except SparcError as exc:
-            trial.set_user_attr("error", str(exc).splitlines()[0][:300])
-            raise optuna.TrialPruned() from None
-        trial.set_user_attr("measurement", dataclasses.asdict(measurement))
-        trial.set_constraint("loss", min(measurement.loss, 1e9) - max_loss)
-        return measurement.speedup, min(measurement.loss, 1e9)
+    pending: dict[Task, Any] = {}
+    asked = 0
+    trial = None
+    try:
+        while True:
+            while len(pending) < work.engine.workers and (count is None or asked < count) and \
+                    (deadline is None or time.perf_counter() < deadline):
+                trial, asked = study.ask(), asked + 1
+                recipe = _proposal(trial, space, [t.user_attrs["recipe"] for t in pending.values()])
+                if recipe is not None:
+                    pending[work.submit(_evaluation, recipe)] = trial
+                told, trial = trial, None
+                if recipe is None:
+                    _tell(study, told, None, max_loss, report)
+            if not pending:
+                return
+            for task in work.engine.wait(list(pending)):
+                outcome = task.result()
+                _tell(study, pending.pop(task), outcome, max_loss, report)
+    except BaseException:
+        for open_trial in [*pending.values(), *([trial] if trial is not None else [])]:
+            study.tell(open_trial, state=optuna.trial.TrialState.FAIL)
+        raise
 
-    return objective
+
+def _proposal(trial, space: Space, running: list[list[dict]]) -> list[dict] | None:
+    """The trial's recipe to evaluate, or None (the reason in its ``error``): nothing to
+    compress, or the recipe of a trial measured or under way."""
+    recipe = space.recipe(space.suggest(trial))
+    trial.set_user_attr("recipe", recipe)
+    if not recipe:
+        trial.set_user_attr("error", "nothing to compress (all ratios 0)")
+        return None
+    twin = _measured_twin(trial, recipe)
+    if twin is None and recipe in running:
+        twin = "under way"
+    if twin is not None:
+        trial.set_user_attr("error", f"same recipe as trial {twin}, not measured again")
+        return None
+    return recipe
+
+
+def _evaluation(model, data: CalibrationData, settings: Settings, recipe: list[dict]) -> Measurement | str:
+    """A candidate's measurement, or the first line of the SparcError that stopped it."""
+    try:
+        return evaluate(model, recipe, data, settings)[0]
+    except SparcError as exc:
+        return str(exc).splitlines()[0][:300]
+
+
+def _tell(study, trial, outcome: Measurement | str | None, max_loss: float, report) -> None:
+    """Tell the study how ``trial`` ended: with a measurement, its (speedup, loss) under the
+    constraint loss ≤ max_loss; else pruned (``outcome`` the error, if any)."""
+    import optuna
+
+    if isinstance(outcome, Measurement):
+        trial.set_user_attr("measurement", dataclasses.asdict(outcome))
+        trial.set_constraint("loss", min(outcome.loss, 1e9) - max_loss)
+        study.tell(trial, (outcome.speedup, min(outcome.loss, 1e9)))
+    else:
+        if outcome is not None:
+            trial.set_user_attr("error", outcome)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    report(_records(study, max_loss), "searching")
 
 
 def _measured_twin(trial, recipe: list[dict]) -> int | None:

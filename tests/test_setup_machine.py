@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,13 @@ def test_the_demo_sets_up_python_packages_only(monkeypatch, profile, expected):
     monkeypatch.setattr(setup, "plan_system", lambda *args: setup.Plan())
     assert setup.main([profile]) == 0
     assert calls == expected
+
+
+def test_the_test_profile_installs_every_extra_ray_included():
+    """make test installs sparc[all]; ``all`` must name every other extra, so the distributed
+    tests find Ray (the extra ``distributed``) installed."""
+    extras = tomllib.loads((SCRIPT.parent.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(r.startswith("ray") for r in extras["distributed"])
+    named = re.fullmatch(r"sparc\[(.*)\]", extras["all"][0]).group(1).split(",")
+    assert sorted(named) == sorted(set(extras) - {"all"})
+    assert setup.EXTRAS["test"] == "all"
