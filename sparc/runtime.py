@@ -67,11 +67,11 @@ def register_lowering(domain: str, lower: Callable[[ir.Model], ir.Model]) -> Non
 
 
 class OrtRunner(Executable):
-    """An ONNX Runtime session over an IR model (or an ONNX file) that runs feed dicts."""
+    """An ONNX Runtime session over an IR model, an ONNX file, or ONNX bytes, that runs feed dicts."""
 
     def __init__(
         self,
-        model: ir.Model | str | os.PathLike,
+        model: ir.Model | str | os.PathLike | bytes,
         *,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
@@ -114,7 +114,10 @@ def lowered(model: ir.Model) -> ir.Model:
 
 
 def make_session(model, options, providers) -> ort.InferenceSession:
-    """A session over a file, or over the IR with registered domains lowered to standard ONNX."""
+    """A session over a file, over serialized standard ONNX (``bytes``, see :func:`serialized`),
+    or over the IR with registered domains lowered to standard ONNX."""
+    if isinstance(model, bytes):
+        return ort.InferenceSession(model, options, providers=providers)
     if isinstance(model, (str, os.PathLike)):
         model = Path(model)
         proto = onnx.load(str(model), load_external_data=False)
@@ -124,12 +127,16 @@ def make_session(model, options, providers) -> ort.InferenceSession:
         model = ir.load(model)
     model = lowered(model)
     if weight_bytes(model) < PROTOBUF_LIMIT - 2**26:
-        data = ir.serde.serialize_model(model).SerializeToString()
-        return ort.InferenceSession(data, options, providers=providers)
+        return ort.InferenceSession(serialized(model), options, providers=providers)
     with tempfile.TemporaryDirectory(prefix="sparc-ort-") as folder:
         path = Path(folder) / "model.onnx"
         ir.save(model, path, external_data="model.onnx.data")
         return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def serialized(model: ir.Model) -> bytes:
+    """The model as ONNX bytes, registered domains lowered: what a session loads (under 2 GB)."""
+    return ir.serde.serialize_model(lowered(model)).SerializeToString()
 
 
 def one_line(exc: BaseException) -> str:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from sparc.data import CalibrationData, Feeds
@@ -25,7 +24,7 @@ from sparc.distributed import Engine, Shard
 from sparc.errors import CalibrationError
 from sparc.ir_utils import PROTOBUF_LIMIT, weight_bytes, weight_store
 from sparc.measure.reducers import Reducer
-from sparc.runtime import OrtRunner
+from sparc.runtime import OrtRunner, serialized
 
 logger = logging.getLogger(__name__)
 
@@ -72,21 +71,28 @@ def exposing_runner(model: ir.Model, names: Sequence[str], *, threads: int | Non
     The graph outputs are swapped for the session and restored (the nodes are left in
     topological order), so no copy of the model, weights included, is made.
     """
+    start = time.perf_counter()
+    try:
+        return _TimedRunner(_exposed(model, names, lambda m: OrtRunner(m, threads=threads, arena=arena)))
+    finally:
+        _Clock.seconds += time.perf_counter() - start
+
+
+def _exposed(model: ir.Model, names: Sequence[str], build):
+    """``build(model)`` while the graph outputs are exactly the values ``names`` (restored after)."""
     values = _values_by_name(model)
     missing = [n for n in names if n not in values]
     if missing:
         raise CalibrationError(f"cannot expose unknown values {missing}")
     saved = list(model.graph.outputs)
-    start = time.perf_counter()
     model.graph.sort()
     model.graph.outputs.clear()
     model.graph.outputs.extend(values[name] for name in names)
     try:
-        return _TimedRunner(OrtRunner(model, threads=threads, arena=arena))
+        return build(model)
     finally:
         model.graph.outputs.clear()
         model.graph.outputs.extend(saved)
-        _Clock.seconds += time.perf_counter() - start
 
 
 def _values_by_name(model: ir.Model) -> dict[str, ir.Value]:
@@ -163,9 +169,10 @@ def _stream(runner, targets, batches: Iterable[Feeds], splittable: bool, descrip
 
 
 def _collect_sharded(model, targets, data, engine: Engine, splittable: bool, threads: int, description: str) -> None:
-    """:func:`collect` on the engine's workers: the model goes out once, serialized."""
+    """:func:`collect` on the engine's workers: the exposing model goes to them once, as the
+    ONNX bytes a session loads."""
     start = time.perf_counter()
-    payload = ir.serde.serialize_model(model).SerializeToString()
+    payload = _exposed(model, list(targets), serialized)
     fresh = {name: [r.fresh() for r in group] for name, group in targets.items()}
     logger.info("%s: %d batches on %d workers", description, len(data), engine.workers)
     with engine.shards(data.batches) as shards:
@@ -179,9 +186,8 @@ def _collect_sharded(model, targets, data, engine: Engine, splittable: bool, thr
 
 def _collect_shard(shard: Shard, payload: bytes, fresh, splittable: bool, threads: int, description: str):
     """On a worker: its batches reduced into copies of the ``fresh`` reducers, returned."""
-    model = ir.serde.deserialize_model(onnx.ModelProto.FromString(payload))
     targets = copy.deepcopy(fresh)
-    runner = exposing_runner(model, list(targets), threads=threads, arena=False)
+    runner = _TimedRunner(OrtRunner(payload, threads=threads, arena=False))
     _stream(runner, targets, shard.items, splittable, description)
     return targets
 
