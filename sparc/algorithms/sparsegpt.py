@@ -24,6 +24,7 @@ from sparc.algorithms.sparsity import Pattern, expand_tiles, select_mask, tile_s
 from sparc.errors import SparcError
 
 MAX_DAMPING_STEPS = 12
+INNER_COLUMNS = 16
 
 
 @dataclasses.dataclass
@@ -60,26 +61,53 @@ def prune(weight_oi: np.ndarray, hessian: Factor, pattern: Pattern, *, blocksize
         saliency = block**2 / np.diag(inverse)[None, :] ** 2
         block_mask = None if pattern.kind == "nm" else _block_mask(saliency, pattern)
         errors = np.zeros_like(block)
-        for i in range(stop - start):
-            if pattern.kind == "nm" and i % pattern.m == 0:
-                group = select_mask(
-                    (block[:, i : i + pattern.m] ** 2) / np.diag(inverse)[i : i + pattern.m] ** 2,
-                    Pattern("nm", pattern.density, pattern.n, pattern.m),
-                )
-                mask[:, start + i : start + i + group.shape[1]] = group
-            keep = mask[:, start + i] if block_mask is None else block_mask[:, i]
-            column = block[:, i]
-            quantized = np.where(keep, column, 0.0)
-            error = (column - quantized) / inverse[i, i]
-            block[:, i:] -= np.outer(error, inverse[i, i:])
-            block[:, i] = quantized
-            errors[:, i] = error
+        step = _inner_step(pattern)
+        for inner in range(0, stop - start, step):
+            end = min(inner + step, stop - start)
+            for i in range(inner, end):
+                if pattern.kind == "nm" and i % pattern.m == 0:
+                    group = select_mask(
+                        (block[:, i : i + pattern.m] ** 2) / np.diag(inverse)[i : i + pattern.m] ** 2,
+                        Pattern("nm", pattern.density, pattern.n, pattern.m),
+                    )
+                    mask[:, start + i : start + i + group.shape[1]] = group
+                keep = mask[:, start + i] if block_mask is None else block_mask[:, i]
+                column = block[:, i]
+                quantized = np.where(keep, column, 0.0)
+                error = (column - quantized) / inverse[i, i]
+                block[:, i:end] -= np.outer(error, inverse[i, i:end])
+                block[:, i] = quantized
+                errors[:, i] = error
+            block[:, end:] -= errors[:, inner:end] @ inverse[inner:end, end:]
         if block_mask is not None:
             mask[:, start:stop] = block_mask
         weight[:, start:stop] = block
         weight[:, stop:] -= errors @ upper[start:stop, stop:]
     weight[~mask] = 0.0
     return weight
+
+
+def _inner_step(pattern: Pattern) -> int:
+    """Columns updated one by one before their errors reach the rest of the block in one
+    product (a second level of the lazy batch update; whole n:m groups)."""
+    return pattern.m * max(1, INNER_COLUMNS // pattern.m) if pattern.kind == "nm" else INNER_COLUMNS
+
+
+def _upper_factor_of_inverse(hessian: np.ndarray) -> np.ndarray | None:
+    """U upper triangular with H⁻¹ = UᵀU (None when H is not positive definite).
+
+    With P the order reversal and L = chol(PHP) lower, U = P·L⁻¹·P: P·L⁻¹·P is upper, and
+    UᵀU = P·L⁻ᵀL⁻¹·P = P·(PHP)⁻¹·P = H⁻¹. One Cholesky and one triangular inverse, no
+    explicit H⁻¹; U is H⁻¹'s unique Cholesky factor (positive diagonal).
+    """
+    try:
+        lower = scipy.linalg.cholesky(hessian[::-1, ::-1], lower=True)
+    except np.linalg.LinAlgError:
+        return None
+    inverse, info = scipy.linalg.lapack.dtrtri(lower, lower=1)
+    if info != 0 or not np.all(np.isfinite(inverse)):
+        return None
+    return np.ascontiguousarray(inverse[::-1, ::-1])
 
 
 def _aligned_blocksize(blocksize: int, pattern: Pattern) -> int:
@@ -106,14 +134,8 @@ def _inverse_cholesky(hessian: np.ndarray, damping: float) -> tuple[np.ndarray, 
     identity = np.eye(hessian.shape[0])
     current = damping
     for retry in range(MAX_DAMPING_STEPS):
-        try:
-            lower = np.linalg.cholesky(hessian + current * scale * identity)
-            inverse = scipy.linalg.solve_triangular(lower, identity, lower=True)
-            h_inv = inverse.T @ inverse
-            upper = np.linalg.cholesky(h_inv).T
-            if np.all(np.isfinite(upper)):
-                return upper, current, retry
-        except np.linalg.LinAlgError:
-            pass
+        upper = _upper_factor_of_inverse(hessian + current * scale * identity)
+        if upper is not None:
+            return upper, current, retry
         current = current * 10 if current > 0 else 1e-6
     raise SparcError(f"SparseGPT: the Hessian stays singular even with damping {current:g}")

@@ -62,6 +62,9 @@ def count_params(graph: ir.Graph) -> tuple[int, int]:
             array = tensor.numpy()
             total += array.size
             nonzero += int(np.count_nonzero(array))
+            del array
+            if isinstance(tensor, ir.ExternalTensor):
+                tensor.release()  # a memory-mapped weight leaves memory once counted
     return total, nonzero
 
 
