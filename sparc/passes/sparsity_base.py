@@ -120,8 +120,9 @@ class SparsityPass(SparcPass):
                     by_inputs[inputs] = self._unit_statistic(inputs, reducers)
             statistics = {unit[0].name: by_inputs[tuple(dict.fromkeys(layer.input.name for layer in unit))]
                           for unit in group}
-            updates = [(unit, self._sparsify(unit[0], self.pattern_for(unit[0]), statistics[unit[0].name]))
-                       for unit in group]
+            updates = [(unit, self._sparsify(unit[0], self.pattern_for(unit[0]), statistics[unit[0].name])
+                        .astype(np.float32)) for unit in group]  # float32, as stored: half the memory
+            del reducers, by_inputs
             for unit, weight in updates:  # the group's masks computed: now mutate
                 edit.set_shared_weight(model.graph, unit, weight.T)
                 for layer in unit:
