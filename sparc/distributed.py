@@ -236,6 +236,8 @@ class RayEngine(Engine):
         if workers is not None and workers < 1:
             raise DistributedError(f"workers must be at least 1, got {workers}")
         self.address = address
+        if address != LOCAL:
+            _check_reachable(address)
         self.ray = _import_ray(local=address == LOCAL)
         self._started = False
         if not self.ray.is_initialized():
@@ -255,7 +257,6 @@ class RayEngine(Engine):
         if address == LOCAL:
             self.ray.init(num_cpus=workers or os.cpu_count() or 1, **options)
         else:
-            _check_reachable(address)
             try:
                 self.ray.init(address=address, **options)
             except Exception as exc:

@@ -671,7 +671,7 @@ class _Work:
         self.engine = engine
         self.model = engine.put(model if local else ir.serde.serialize_model(model))
         self.data = engine.put(data)
-        self.settings = settings
+        self.settings = engine.put(settings)
 
     def submit(self, fn: Callable, *args) -> Task:
         """``fn(model, data, settings, *args)`` on the engine."""

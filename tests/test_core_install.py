@@ -54,7 +54,7 @@ def core_venv(tmp_path_factory) -> Path:
 
 
 def test_the_core_install_has_none_of_the_optional_packages(core_venv):
-    for name in ("torch", "tvm", "transformers", "sentence_transformers", "matplotlib"):
+    for name in ("torch", "tvm", "transformers", "sentence_transformers", "matplotlib", "ray"):
         done = _run([core_venv / "bin" / "python", "-c", f"import {name}"])
         assert done.returncode != 0, f"{name} is importable in the core venv"
 
@@ -104,3 +104,13 @@ def test_tune_runs_with_core_dependencies_only(core_venv, tmp_path):
     plotted = _run([core_venv / "bin" / "sparc", "tune", model, "--calib", tmp_path / "calib.npz", "--max-loss", "0.05",
                     "--trials", "1", "-o", out, "--plot", tmp_path / "front.png"], cwd=tmp_path)
     assert plotted.returncode == 1 and "needs matplotlib" in plotted.stderr
+
+
+def test_compiling_on_ray_without_it_says_which_extra_to_install(core_venv, tmp_path):
+    """The core install runs in process; --ray needs sparc[distributed] and says so."""
+    model = _mlp_file(tmp_path / "mlp.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((32, 32)).astype(np.float32))
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    done = _run([core_venv / "bin" / "sparc", "compile", model, "-o", tmp_path / "out.onnx", "--calib",
+                 tmp_path / "calib.npz", "--recipe", tmp_path / "recipe.yaml", "--ray", "local"], cwd=tmp_path)
+    assert done.returncode == 1 and "pip install 'sparc[distributed]'" in done.stderr, done.stderr

@@ -1,0 +1,160 @@
+"""Calibration throughput on Ray: two local workers against one, SmolLM2-135M, 1 thread each.
+
+The calibration is what SliceRowsColumns and Wanda collect: the Gram matrix of every residual
+stream value (normalized rows) and per-channel statistics of every linear layer's input, over
+windows of text (the gensim enwiki articles) grouped into batches. Contestants, each one
+``collect`` call over the same batches, timed in one run in interleaved rounds:
+
+- ``in-process``: this process, 1 ONNX Runtime thread (the default path, no Ray);
+- ``ray-1``: one Ray worker of a local cluster; ``ray-2``: two Ray workers.
+
+A timing is the whole call: the exposing model serialized and put in the object store, the
+workers' sessions built, the batches run and reduced, the shares merged. The workers of each
+Ray engine stay up between rounds (started by an untimed first call, reported as ``cold``);
+the local cluster is given 3 logical CPUs so that both engines' workers stay up, while at most
+two processes work at any time (the contestants run one after another). BLAS runs one thread
+in every process (the float64 reducer products), so one worker is one core. The two-worker
+statistics are checked against the in-process ones (1e-12 of each matrix's largest entry).
+
+Usage: python benchmarks/distributed_calibration.py [--windows 16] [--seq 256] [--batch 2]
+                                                    [--rounds 3]
+Writes results/distributed_calibration.{json,md}.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy loads BLAS
+    os.environ[_name] = "1"
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+from common import write_results  # noqa: E402
+
+from sparc.analysis.linear import find_linear_layers  # noqa: E402
+from sparc.analysis.transformer import find_transformer  # noqa: E402
+from sparc.capture import load_onnx  # noqa: E402
+from sparc.data import CalibrationData  # noqa: E402
+from sparc.distributed import InProcess, RayEngine  # noqa: E402
+from sparc.eval import datasets, quality, zoo  # noqa: E402
+from sparc.measure.execute import collect  # noqa: E402
+from sparc.measure.reducers import ChannelStats, Gram, token_mask  # noqa: E402
+from sparc.passes import Canonicalize  # noqa: E402
+
+CHECK = 1e-12
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=16, help="windows of text (calibration samples)")
+    parser.add_argument("--seq", type=int, default=256, help="tokens per window")
+    parser.add_argument("--batch", type=int, default=2, help="windows per batch")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    model = load_onnx(zoo.smollm2_onnx())
+    Canonicalize()(model)
+    data = _batches(args.windows, args.seq, args.batch)
+    tokens = args.windows * args.seq
+    load_before = os.getloadavg()
+    cluster = RayEngine("local", workers=3)  # owns the cluster; the engines below join it
+    engines = {"in-process": InProcess(), "ray-1": RayEngine("local", workers=1),
+               "ray-2": RayEngine("local", workers=2)}
+    try:
+        cold = {name: _timed(model, data, engine)[0] for name, engine in engines.items()}
+        print("cold (first call):", {k: round(v, 1) for k, v in cold.items()}, flush=True)
+        seconds: dict[str, list[float]] = {name: [] for name in engines}
+        results = {}
+        for round_ in range(args.rounds):
+            order = list(engines) if round_ % 2 == 0 else list(reversed(engines))
+            for name in order:
+                elapsed, results[name] = _timed(model, data, engines[name])
+                seconds[name].append(elapsed)
+                print(f"round {round_ + 1} {name}: {elapsed:.1f} s ({tokens / elapsed:.0f} tokens/s)", flush=True)
+        deviation = _deviation(results["ray-2"], results["in-process"])
+    finally:
+        for engine in engines.values():
+            engine.close()
+        cluster.close()
+    run = _summary(args, tokens, len(data), cold, seconds, deviation, load_before, os.getloadavg())
+    write_results("distributed_calibration", run, _markdown(run))
+
+
+def _batches(windows: int, seq: int, batch: int) -> CalibrationData:
+    tokenizer = zoo.smollm2_tokenizer()
+    ids = quality.token_windows(tokenizer, "\n\n".join(datasets.enwiki_articles()), window=seq, count=windows)
+    chunks = [np.concatenate(ids[i : i + batch]) for i in range(0, windows, batch)]
+    return CalibrationData([{"input_ids": c, "attention_mask": np.ones_like(c)} for c in chunks])
+
+
+def _reducers(model) -> dict[str, list]:
+    """Gram of each stream value (normalized rows, as SliceRowsColumns) and channel statistics
+    of each linear layer's input (as Wanda), padding rows left out."""
+    mask = token_mask(model)
+    reducers = {v.name: [Gram(mask, normalize=True)] for v in find_transformer(model).stream}
+    for layer in find_linear_layers(model.graph):
+        reducers.setdefault(layer.input.name, []).append(ChannelStats(mask))
+    return reducers
+
+
+def _timed(model, data: CalibrationData, engine) -> tuple[float, dict]:
+    reducers = _reducers(model)
+    start = time.perf_counter()
+    collect(model, reducers, data, threads=1, engine=engine)
+    return time.perf_counter() - start, reducers
+
+
+def _deviation(got: dict, want: dict) -> float:
+    """The largest |got − want| over every reducer array, relative to that array's largest entry;
+    row counts must be equal."""
+    worst = 0.0
+    for name, group in want.items():
+        for g, w in zip(got[name], group):
+            assert g.rows == w.rows, name
+            for attribute in ("matrix", "sum", "abs_sum", "sq_sum"):
+                if hasattr(w, attribute):
+                    a, b = getattr(g, attribute), getattr(w, attribute)
+                    worst = max(worst, float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)))
+    return worst
+
+
+def _summary(args, tokens, batches, cold, seconds, deviation, load_before, load_after) -> dict:
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    return {
+        "model": "SmolLM2-135M-Instruct (fp32 ONNX)", "windows": args.windows, "seq": args.seq,
+        "batches": batches, "tokens": tokens, "rounds": args.rounds, "threads_per_worker": 1,
+        "cores": os.cpu_count(), "load_before": list(load_before), "load_after": list(load_after),
+        "cold_seconds": cold, "seconds": seconds, "median_seconds": median,
+        "tokens_per_second": {name: tokens / s for name, s in median.items()},
+        "ratio_ray2_over_ray1": median["ray-1"] / median["ray-2"],
+        "ratio_ray2_over_in_process": median["in-process"] / median["ray-2"],
+        "per_round_ratio_ray2_over_ray1": [a / b for a, b in zip(seconds["ray-1"], seconds["ray-2"])],
+        "max_relative_deviation_ray2_vs_in_process": deviation, "deviation_bound": CHECK,
+    }
+
+
+def _markdown(run: dict) -> str:
+    rows = ["| contestant | cold first call s | median s | rounds s | tokens/s |", "|---|---:|---:|---|---:|"]
+    for name, values in run["seconds"].items():
+        rows.append(f"| {name} | {run['cold_seconds'][name]:.1f} | {run['median_seconds'][name]:.1f} | "
+                    f"{', '.join(f'{v:.1f}' for v in values)} | {run['tokens_per_second'][name]:.0f} |")
+    ok = "within" if run["max_relative_deviation_ray2_vs_in_process"] <= CHECK else "NOT within"
+    return "\n".join([
+        "# Calibration throughput on Ray (SmolLM2-135M)", "",
+        f"{run['tokens']} tokens ({run['windows']} windows of {run['seq']}, {run['batches']} batches), Gram of "
+        f"every stream value and channel statistics of every linear input; 1 ONNX Runtime thread and 1 BLAS "
+        f"thread per worker, {run['cores']} cores; {run['rounds']} interleaved rounds, medians. Load average "
+        f"before {run['load_before'][0]:.2f}, after {run['load_after'][0]:.2f}.", "",
+        *rows, "",
+        f"Two Ray workers against one: **{run['ratio_ray2_over_ray1']:.2f}×** (per round: "
+        f"{', '.join(f'{r:.2f}' for r in run['per_round_ratio_ray2_over_ray1'])}); against the in-process run: "
+        f"**{run['ratio_ray2_over_in_process']:.2f}×**.", "",
+        f"Two-worker statistics against in-process: largest deviation "
+        f"{run['max_relative_deviation_ray2_vs_in_process']:.1e} of an array's largest entry ({ok} {CHECK:g}).", ""])
+
+
+if __name__ == "__main__":
+    main()
