@@ -40,25 +40,30 @@ from sparc.eval.bench_models import prompt_ids
 from sparc.files import cache_dir, write_atomic
 from sparc.generation import decoder_for, time_generation
 from sparc.measure.memory import PeakMemory
+from sparc.measure.outputs import OutputError
 from sparc.runtime import OrtRunner
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ["dense", "unstructured-0.5", "2:4", "16x1-0.3", "act-0.4", "act-0.5", "act-0.6"]
+VARIANTS = ["dense", "unstructured-0.5", "2:4", "16x1-0.3", "act-0.4", "act-0.5", "act-0.6",
+            "unstructured-0.5+head", "2:4+head", "16x1-0.3+head"]
 CAPACITY = 256  # static cache slots: 128 prompt + 128 new tokens
 
 
 def recipe(variant: str) -> list:
+    """The passes of ``variant``; a ``+head`` suffix sparsifies the (tied) LM head too."""
     passes = sparc.passes
-    if variant == "dense":
+    base, head = variant.removesuffix("+head"), variant.endswith("+head")
+    if base == "dense" and not head:
         return []
-    if variant == "unstructured-0.5":
-        return [passes.UnstructuredSparsity(density=0.5, method="sparsegpt", sequential=False)]
-    if variant == "2:4":
-        return [passes.NMSparsity(n=2, m=4, method="sparsegpt", sequential=False)]
-    if variant == "16x1-0.3":
-        return [passes.BlockSparsity(block=(16, 1), density=0.3, method="sparsegpt", sequential=False)]
-    if variant.startswith("act-"):
-        return [passes.ActivationSparsity(fraction=float(variant[4:]))]
+    if base == "unstructured-0.5":
+        return [passes.UnstructuredSparsity(density=0.5, method="sparsegpt", sequential=False, include_outputs=head)]
+    if base == "2:4":
+        return [passes.NMSparsity(n=2, m=4, method="sparsegpt", sequential=False, include_outputs=head)]
+    if base == "16x1-0.3":
+        return [passes.BlockSparsity(block=(16, 1), density=0.3, method="sparsegpt", sequential=False,
+                                     include_outputs=head)]
+    if base.startswith("act-") and not head:
+        return [passes.ActivationSparsity(fraction=float(base[4:]))]
     raise SystemExit(f"unknown variant {variant!r}; variants: {VARIANTS}")
 
 
@@ -69,14 +74,14 @@ def folder() -> Path:
 
 
 def model_path(variant: str) -> Path:
-    return folder() / f"{variant.replace(':', '-')}.onnx"
+    return folder() / f"{variant.replace(':', '-').replace('+', '-')}.onnx"
 
 
-def build(variant: str, calib: int, evaluation: int) -> dict:
-    """Compile ``variant`` (cached), and measure its perplexity."""
-    info_path = model_path(variant).with_suffix(".json")
-    if info_path.is_file():
-        return json.loads(info_path.read_text())
+def export(variant: str, calib: int) -> float:
+    """Compile ``variant`` and export it (cached); the compile seconds."""
+    seconds_path = model_path(variant).with_suffix(".compile.json")
+    if seconds_path.is_file() and model_path(variant).is_file():
+        return json.loads(seconds_path.read_text())["compile_s"]
     tokenizer = zoo.smollm2_tokenizer()
     windows = quality.token_windows(tokenizer, "\n\n".join(datasets.enwiki_articles()), window=512, count=calib)
     started = time.perf_counter()
@@ -84,13 +89,42 @@ def build(variant: str, calib: int, evaluation: int) -> dict:
                              recipe=recipe(variant), validate=False)
     seconds = time.perf_counter() - started
     compiled.export(model_path(variant))
-    model = load_onnx(model_path(variant))
-    runner, kv = OrtRunner(model), find_kv_cache(model)
-    evaluation_windows = quality.token_windows(tokenizer, datasets.wikipedia_leads(), window=512, count=evaluation)
-    ppl = quality.perplexity(lambda feeds: runner.run(complete_feeds(feeds, model, kv))["logits"], evaluation_windows)
-    info = {"variant": variant, "perplexity": ppl, "compile_s": seconds}
+    write_atomic(seconds_path, json.dumps({"compile_s": seconds}))
+    return seconds
+
+
+def build(variant: str, calib: int, evaluation: int) -> dict:
+    """Export ``variant`` (cached) and measure, on held-out text (``evaluation`` windows of 512
+    tokens of the Wikipedia leads; calibration read enwiki articles), its perplexity and the
+    fidelity of its next-token logits at every position to dense's: mean KL(dense ‖ variant)
+    in nats and top-1 agreement (every window has 512 positions, so the mean of the windows'
+    means is the mean over positions)."""
+    info_path = model_path(variant).with_suffix(".quality.json")
+    if info_path.is_file():
+        return json.loads(info_path.read_text())
+    seconds = export(variant, calib)
+    tokenizer = zoo.smollm2_tokenizer()
+    run, dense_run = _logits_runner(variant), _logits_runner("dense")
+    windows = quality.token_windows(tokenizer, datasets.wikipedia_leads(), window=512, count=evaluation)
+    ppl = quality.perplexity(run, windows)
+    kl, top1 = [], []
+    for window in windows:
+        feeds = quality.window_feeds(window)
+        difference = OutputError.of_runs({"logits": run(feeds)}, {"logits": dense_run(feeds)},
+                                         {"logits": "logits"}).outputs[0]
+        kl.append(difference.kl)
+        top1.append(difference.top1)
+    info = {"variant": variant, "perplexity": ppl, "kl": float(np.mean(kl)), "top1": float(np.mean(top1)),
+            "compile_s": seconds}
     write_atomic(info_path, json.dumps(info))
     return info
+
+
+def _logits_runner(variant: str):
+    """feeds (input_ids, attention_mask) → logits of ``variant`` in ONNX Runtime (empty past)."""
+    model = load_onnx(model_path(variant))
+    runner, kv = OrtRunner(model), find_kv_cache(model)
+    return lambda feeds: runner.run(complete_feeds(feeds, model, kv))["logits"]
 
 
 def hugging_face_tokens(prompt: list[int], new_tokens: int) -> list[int]:

@@ -16,7 +16,9 @@
    elementwise op before the usual kernel;
    every last-axis float32 softmax becomes sparc's softmax kernel (vectorized exp; an
    exporter's ``Where(IsNaN(p), 0, p)`` guard after it is dropped, the kernel gives 0 for a
-   fully masked row) and every last-axis layer norm sparc's layer-norm kernel.
+   fully masked row) and every last-axis layer norm sparc's layer-norm kernel; at decode rows,
+   the two matmuls of grouped-query attention over a repeated key/value cache become kernels
+   reading the cache itself (``attention.py``).
 4. Everything else is legalized and fused by Relax, scheduled by ``schedules.py``, compiled
    with ``tvm.compile`` for the Relax VM.
 """
@@ -38,7 +40,7 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from tvm.s_tir import dlight
 
-from sparc.backends.tvm import input_sparse, kernels, schedules
+from sparc.backends.tvm import attention, input_sparse, kernels, schedules
 from sparc.backends.tvm.choose import Choice, choose_layout
 from sparc.errors import BackendError
 from sparc.ir_utils import copy_model
@@ -179,6 +181,7 @@ def _use_sparc_kernels(mod: tvm.IRModule, target, *, threads: int, mode: str, fr
     main = _replace_linears(main, x, linear_layer)
     main = _replace_softmax(main, builder)
     main = _replace_layer_norm(main, builder)
+    main = _replace_grouped_attention(main, builder)
     mod = builder.get()
     mod.update_func(mod.get_global_var("main"), main)
     return relax.transform.Normalize()(mod), choices
@@ -269,6 +272,53 @@ def _replace_layer_norm(main, builder):
         return relax.op.reshape(y, shape)
 
     return rewrite_call(is_op("relax.nn.layer_norm")(data, gamma, beta), rewrite, main)
+
+
+def _replace_grouped_attention(main, builder):
+    """``matmul(q, permute_dims(repeat(K), [0, 1, 3, 2]))`` and ``matmul(p, repeat(V))``, where
+    ``repeat`` is ``reshape(broadcast_to(expand_dims(C, axis=2), [b, kv, g, T, d]), [b, kv·g, T,
+    d])`` (each cache head repeated g times), at most ``attention.MAX_ROWS`` query rows, float32,
+    become the grouped kernels reading C itself; any other matmul stays."""
+    count = [0]
+    cache, query, probs = wildcard(), wildcard(), wildcard()
+    expanded = is_op("relax.expand_dims")(cache)
+    broadcast = is_op("relax.broadcast_to")(expanded, wildcard())
+    repeated = is_op("relax.reshape")(broadcast, wildcard())
+    transposed = is_op("relax.permute_dims")(repeated)
+    scores = is_op("relax.matmul")(query, transposed)
+    context = is_op("relax.matmul")(probs, repeated)
+
+    def rewrite(call, matches, left, make_kernel):
+        shape = _grouped_shape(matches[cache], matches[expanded], matches[broadcast], matches[left])
+        if shape is None or (transposed in matches and [int(a) for a in matches[transposed].attrs.axes] != [0, 1, 3, 2]):
+            return call
+        batch, heads, kv_heads, rows, length, depth = shape
+        name = f"sparc_attention_{count[0]}"
+        count[0] += 1
+        func = make_kernel(*shape).with_attr("global_symbol", name)
+        gv = builder.add_func(func.with_attr("tirx.is_scheduled", True), name)
+        out = [int(d) for d in call.ty.shape]
+        return relax.call_tir(gv, [matches[left], matches[cache]], relax.TensorType(out, "float32"))
+
+    main = rewrite_call(scores, lambda c, m: rewrite(c, m, query, attention.grouped_scores_kernel), main)
+    return rewrite_call(context, lambda c, m: rewrite(c, m, probs, attention.grouped_context_kernel), main)
+
+
+def _grouped_shape(cache, expanded, broadcast, left):
+    """(batch, heads, kv_heads, rows, length, depth) when ``broadcast`` is ``cache`` [b, kv, T, d]
+    with a new axis 2 of g copies (so the reshape to kv·g heads makes head h cache head h // g)
+    and ``left`` has [b, kv·g, rows, ·] with rows and d fitting the kernels; else None."""
+    tensors = (cache, left)
+    if any(not isinstance(t.ty, relax.TensorType) or t.ty.dtype != "float32" or t.ty.ndim != 4 for t in tensors):
+        return None
+    batch, kv_heads, length, depth = [int(d) for d in cache.ty.shape]
+    rows, heads = int(left.ty.shape[2]), int(left.ty.shape[1])
+    copies = [int(d) for d in broadcast.ty.shape]
+    if [int(a) for a in expanded.attrs.axis] != [2] or copies != [batch, kv_heads, heads // kv_heads, length, depth]:
+        return None
+    if heads % kv_heads or int(left.ty.shape[0]) != batch or not attention.fits(rows, depth):
+        return None
+    return batch, heads, kv_heads, rows, length, depth
 
 
 def _values_with_several_uses(func) -> dict:

@@ -3,6 +3,13 @@
 TVM 0.27 gives CPU functions no schedule by default (serial, scalar loops), and dlight's CPU
 rules cover reductions (softmax, norms: ``dlight.cpu.Reduction``) and GEMV. sparc adds:
 
+- ``RowReduction``: dlight's ``Reduction`` only where every block's leading spatial loops
+  have the last block's extents. A one-row norm (decode) legalizes with its unit axes dropped
+  from the reduction but not from the output's 576 columns, and dlight would compute the
+  reduction once per output element (576² work); such functions get ``Unnested``.
+- ``Unnested``: reductions followed by element-wise blocks over other axes: every block in
+  its own loop nest, in order (reductions once, element-wise blocks parallel and vectorized).
+
 - ``Injective``: all-spatial functions (element-wise, reshapes, transposes, gathers): inline
   every block into the last, fuse its loops, run chunks of it in parallel, vectorize the
   innermost chunk.
@@ -34,7 +41,7 @@ MIN_TILED_DEPTH = 64  # reduction length from which that tile is used
 
 def rules() -> list:
     """The rules, tried in order on every unscheduled function."""
-    return [BatchMatmul(), dlight.cpu.Reduction(), dlight.cpu.GEMV(), Injective(), SpatialReduction()]
+    return [BatchMatmul(), RowReduction(), dlight.cpu.GEMV(), Injective(), SpatialReduction(), Unnested()]
 
 
 def unscheduled(mod) -> list[str]:
@@ -54,9 +61,20 @@ def _extent(sch: s_tir.Schedule, loop) -> int | None:
 
 
 def _parallel_vectorize(sch: s_tir.Schedule, block, lanes: int, spatial: int | None = None) -> None:
-    """Fuse the block's first ``spatial`` loops (all by default), parallel outer, vector inner."""
+    """Fuse the block's first ``spatial`` loops (all by default), parallel outer, vector inner;
+    when the last of them is a whole number of vectors it is split on its own (contiguous
+    vectors, no index arithmetic per lane: copies and concatenations along other axes)."""
     loops = sch.get_loops(block)
     loops = loops if spatial is None else loops[:spatial]
+    last = _extent(sch, loops[-1])
+    if len(loops) > 1 and last is not None and last % lanes == 0:
+        outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+        _, inner = sch.split(loops[-1], factors=[None, lanes])
+        sch.vectorize(inner)
+        rows = _extent(sch, outer)
+        if rows is None or rows * last >= PARALLEL_GRAIN:
+            sch.parallel(outer)
+        return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     total = _extent(sch, fused)
     if total is not None and total <= lanes:
@@ -94,6 +112,63 @@ def _inlined(rule: CPUScheduleRule, func, target):
     return sch, try_inline(sch, blocks)
 
 
+def _leading_spatial(blocks) -> int:
+    """The fewest leading spatial iterators of any block."""
+    return min(len(b.dom_kind()) - len(b.dom_kind().lstrip("S")) for b in blocks)
+
+
+def _leading_extents_agree(blocks, count: int) -> bool:
+    """Whether every block's first ``count`` iterators have the last block's extents, so that
+    computing each block under the last one's first ``count`` loops computes it once."""
+    last = [str(i.dom) for i in blocks[-1].iters[:count]]
+    return all([str(i.dom) for i in b.iters[:count]] == last for b in blocks)
+
+
+class RowReduction(dlight.cpu.Reduction):
+    """dlight's CPU reduction rule where its nesting computes each block once."""
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        blocks = normalize_prim_func(s_tir.Schedule(func))
+        if not blocks or not _leading_extents_agree(blocks, _leading_spatial(blocks)):
+            return None
+        return super().apply(func, target, tunable)
+
+
+class Unnested(CPUScheduleRule):
+    """Every block in its own loop nest: reductions once each (leading spatial loops parallel
+    when large), element-wise blocks parallel and vectorized."""
+
+    def apply(self, func, target, _tunable):
+        prepared = _inlined(self, func, target)
+        if prepared is None:
+            return None
+        sch, blocks = prepared
+        lanes = _lanes(target)
+        try:
+            for block in blocks:
+                if block.is_injective():
+                    _parallel_vectorize(sch, block.block_rv, lanes)
+                else:
+                    self._reduction(sch, block)
+        except s_tir.ScheduleError:
+            return None
+        return sch
+
+    @staticmethod
+    def _reduction(sch: s_tir.Schedule, block) -> None:
+        """Leading spatial loops fused and parallel when they hold ``PARALLEL_GRAIN`` or more."""
+        spatial = _leading_spatial([block])
+        if spatial == 0:
+            return
+        loops = sch.get_loops(block.block_rv)[:spatial]
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        extent = _extent(sch, fused)
+        if extent is not None and extent >= PARALLEL_GRAIN:
+            sch.parallel(fused)
+
+
 class SpatialReduction(CPUScheduleRule):
     """Parallel spatial loops around reductions that no other rule took."""
 
@@ -102,9 +177,8 @@ class SpatialReduction(CPUScheduleRule):
         if prepared is None:
             return None
         sch, blocks = prepared
-        kinds = [b.dom_kind() for b in blocks]
-        spatial = min(len(k) - len(k.lstrip("S")) for k in kinds)
-        if spatial == 0:
+        spatial = _leading_spatial(blocks)
+        if spatial == 0 or not _leading_extents_agree(blocks, spatial):
             return None
         try:
             loops = sch.get_loops(blocks[-1].block_rv)[:spatial]
