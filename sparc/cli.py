@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--threads", type=int, default=None, help="intra-op threads")
     compile_.add_argument("--report", help="write the markdown report here")
     compile_.add_argument("--json", help="write the JSON report here")
+    compile_.add_argument("--out-of-core", dest="out_of_core", action="store_const", const=True, default=None,
+                          help="keep the weights memory-mapped and work block by block (default: when the "
+                               "model's external data exceeds half the RAM)")
+    compile_.add_argument("--in-memory", dest="out_of_core", action="store_const", const=False,
+                          help="load the weights into memory whatever their size")
     compile_.add_argument("--no-validate", action="store_true", help="skip numerical checks")
     compile_.add_argument("--ray", metavar="local|ADDRESS",
                           help="calibrate on Ray: local (a cluster on this machine, one worker per core) or a "
@@ -180,7 +185,7 @@ def _compile(args) -> int:
     _check_writable(output, args.report, args.json)
     calibration = None
     if args.calib:
-        calibration = as_calibration(args.calib, load_onnx(args.model), batch_size=args.batch_size)
+        calibration = as_calibration(args.calib, load_onnx(args.model, mapped=True), batch_size=args.batch_size)
     compiled = compile(
         args.model,
         calibration=calibration,
@@ -190,6 +195,7 @@ def _compile(args) -> int:
         validate=not args.no_validate,
         threads=args.threads,
         ray=args.ray,
+        out_of_core=args.out_of_core,
     )
     compiled.export(output)
     _write_reports(compiled.report, args.report, args.json)
@@ -205,7 +211,7 @@ def _tune(args) -> int:
     _check_writable(output, args.report, args.json, args.recipe_out, args.plot, args.store)
     if args.plot:
         require_matplotlib()
-    calibration = as_calibration(args.calib, load_onnx(args.model), batch_size=args.batch_size)
+    calibration = as_calibration(args.calib, load_onnx(args.model, mapped=True), batch_size=args.batch_size)
     console = Console(stderr=True)
     with console.status("tuning") as status:
         result = tune(args.model, calibration=calibration, max_loss=args.max_loss, metric=args.metric,

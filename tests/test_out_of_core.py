@@ -131,3 +131,19 @@ def test_a_staged_run_holds_about_one_block_of_mapped_weights(tmp_path):
     if peak.bytes is None:
         pytest.fail("peak RSS is not measurable here (/proc missing)")
     assert peak.bytes - peak.start < 0.35 * shape.weight_bytes(), (peak.bytes - peak.start, shape.weight_bytes())
+
+
+def test_the_cli_compiles_out_of_core(minilm_file, minilm_npz, tmp_path):
+    from sparc.cli import main
+
+    out = tmp_path / "out.onnx"
+    assert main(["compile", str(minilm_file), "-o", str(out), "--calib", str(minilm_npz), "--batch-size", "4",
+                 "--recipe", str(_recipe(tmp_path)), "--out-of-core", "--report", str(tmp_path / "report.md")]) == 0
+    assert (tmp_path / "out.onnx.data").exists()
+    assert "out of core" in (tmp_path / "report.md").read_text()
+
+
+def _recipe(folder):
+    path = folder / "recipe.yaml"
+    path.write_text("passes:\n  - NMSparsity: {n: 2, m: 4, method: wanda}\n")
+    return path
