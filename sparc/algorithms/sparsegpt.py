@@ -37,9 +37,11 @@ class Factor:
     retries: int
 
 
-def factor(hessian: np.ndarray, damping: float = 0.01) -> Factor:
-    """Factor the input Hessian once; layers reading the same input share it."""
-    hessian = hessian.astype(np.float64).copy()
+def factor(hessian: np.ndarray, damping: float = 0.01, *, overwrite: bool = False) -> Factor:
+    """Factor the input Hessian once; layers reading the same input share it. ``overwrite``: a
+    float64 ``hessian`` is used as working memory (the large Hessians of wide layers)."""
+    if not (overwrite and hessian.dtype == np.float64 and hessian.flags.c_contiguous):
+        hessian = hessian.astype(np.float64)
     dead = np.diag(hessian) == 0
     hessian[dead, dead] = 1.0
     upper, used, retries = _inverse_cholesky(hessian, damping)
@@ -104,9 +106,10 @@ def _upper_factor_of_inverse(hessian: np.ndarray) -> np.ndarray | None:
         lower = scipy.linalg.cholesky(hessian[::-1, ::-1], lower=True)
     except np.linalg.LinAlgError:
         return None
-    inverse, info = scipy.linalg.lapack.dtrtri(lower, lower=1)
+    inverse, info = scipy.linalg.lapack.dtrtri(lower, lower=1, overwrite_c=1)
     if info != 0 or not np.all(np.isfinite(inverse)):
         return None
+    del lower
     return np.ascontiguousarray(inverse[::-1, ::-1])
 
 
@@ -129,12 +132,14 @@ def _block_mask(saliency: np.ndarray, pattern: Pattern) -> np.ndarray:
 
 
 def _inverse_cholesky(hessian: np.ndarray, damping: float) -> tuple[np.ndarray, float, int]:
-    """Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU), raising the damping until it exists."""
-    scale = float(np.mean(np.diag(hessian)))
-    identity = np.eye(hessian.shape[0])
+    """Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU), raising the damping until it exists; the
+    damping goes onto ``hessian``'s diagonal in place."""
+    diagonal = np.diag(hessian).copy()
+    scale = float(np.mean(diagonal))
     current = damping
     for retry in range(MAX_DAMPING_STEPS):
-        upper = _upper_factor_of_inverse(hessian + current * scale * identity)
+        np.fill_diagonal(hessian, diagonal + current * scale)
+        upper = _upper_factor_of_inverse(hessian)
         if upper is not None:
             return upper, current, retry
         current = current * 10 if current > 0 else 1e-6

@@ -197,7 +197,10 @@ class SparsityPass(SparcPass):
         if self.method == "wanda":
             return np.sqrt(sum(r.sq_sum for r in inputs))
         rows = sum(r.rows for r in inputs)
-        return sparsegpt.factor(sum(r.matrix for r in inputs) / max(rows, 1), self.damping)
+        hessian = inputs[0].matrix / max(rows, 1)
+        for other in inputs[1:]:
+            hessian += other.matrix / max(rows, 1)
+        return sparsegpt.factor(hessian, self.damping, overwrite=True)
 
     def _sparsify(self, layer: LinearLayer, pattern: Pattern, statistic) -> np.ndarray:
         """The new W[out, in] of ``layer``, from its ``_unit_statistic``."""
