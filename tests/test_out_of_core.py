@@ -61,7 +61,7 @@ def test_a_staged_run_keeps_only_values_later_stages_read(minilm_ir, minilm_batc
     sizes = []
     for _ in range(len(stages) - 1):
         run.advance()
-        sizes.append(len(run.live[0]))
+        sizes.append(len(run._local.state["live"][0]))
     assert max(sizes) < 12, sizes  # the hidden state and the mask values, not every activation
 
 
@@ -147,3 +147,32 @@ def _recipe(folder):
     path = folder / "recipe.yaml"
     path.write_text("passes:\n  - NMSparsity: {n: 2, m: 4, method: wanda}\n")
     return path
+
+
+@pytest.mark.parametrize("where", ["in-process shards", "ray"])
+def test_a_staged_run_on_two_workers_equals_one_process(minilm_ir, minilm_batches, where):
+    from sparc.distributed import InProcess, RayEngine
+
+    model = copy_model(minilm_ir)
+    stages = [s.nodes for s in split_into_stages(model, find_segments(model))]
+    data = CalibrationData(minilm_batches[:3])
+    engine = InProcess(workers=2) if where == "in-process shards" else RayEngine("local", workers=2)
+    try:
+        results = []
+        for on in (None, engine):
+            run = StagedRun(model, stages, data, engine=on, outputs=True)
+            run.advance()
+            gram = Gram()
+            run.expose(1, {stages[1][0].inputs[0].name: gram})
+            while run.next < len(stages):
+                run.advance()
+            results.append((gram, run.outputs()))
+            run.close()
+    finally:
+        engine.close()
+    (one, outputs_one), (two, outputs_two) = results
+    assert one.rows == two.rows
+    np.testing.assert_allclose(two.matrix, one.matrix, rtol=0, atol=1e-12 * np.abs(one.matrix).max())
+    for a, b in zip(outputs_one, outputs_two):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)

@@ -131,6 +131,8 @@ class SparsityPass(SparcPass):
                 total += weight.size
             if self.method == "sparsegpt":
                 raised.update({name: f.damping for name, f in statistics.items() if f.damping > self.damping})
+        if run is not None:
+            run.close()
         self.details.update({"layers": len(layers), "density": round(kept / max(total, 1), 4),
                              "pattern": self.pattern_for(layers[0]).describe(), "method": self.method})
         shared = [unit for unit in units if len(unit) > 1]
@@ -163,7 +165,8 @@ class SparsityPass(SparcPass):
         groups: dict[int, list[list[LinearLayer]]] = defaultdict(list)
         for unit in units:
             groups[stage_of[unit[0].node]].append(unit)
-        run = StagedRun(model, [stage.nodes for stage in stages], self.calibration, threads=self.threads)
+        run = StagedRun(model, [stage.nodes for stage in stages], self.calibration, threads=self.threads,
+                        engine=self.engine)
         return sorted(groups.items()), run, f"sequential, block by block: {len(groups)} groups"
 
     def _input_statistics(self, model, layers, run: StagedRun | None, stage: int | None) -> dict:
