@@ -176,6 +176,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calib", type=int, default=16)
     parser.add_argument("--eval", type=int, default=16)
+    parser.add_argument("--skip-memory", action="store_true", help="leave out the decode peak RSS runs")
     parser.add_argument("--rss", help="(internal) measure one variant's decode memory and print JSON")
     parser.add_argument("--time", type=int, help="(internal) time the variants at this many threads")
     args = parser.parse_args()
@@ -190,7 +191,7 @@ def main() -> None:
     timings = [_cached(f"timing-{t}t-{'-'.join(variants)}", ["--time", str(t), "--variants", *variants, "--prompt",
                        str(args.prompt), "--new-tokens", str(args.new_tokens), "--rounds", str(args.rounds)])
                for t in args.threads]
-    memory = {v: _cached(f"rss-{v}", ["--rss", v]) for v in variants}
+    memory = {} if args.skip_memory else {v: _cached(f"rss-{v}", ["--rss", v]) for v in variants}
     write_atomic(RESULTS / "decode.json", json.dumps({"quality": quality_rows, "timings": timings, "memory": memory},
                                                      indent=2))
     write_atomic(RESULTS / "decode.md", _markdown(variants, quality_rows, timings, memory, args))
@@ -215,15 +216,20 @@ def _child(arguments: list[str]) -> dict:
 
 def _markdown(variants, quality_rows, timings, memory, args) -> str:
     dense_ppl = quality_rows["dense"]["perplexity"]
-    head = "| variant | perplexity | ppl / dense | " + " | ".join(
+    head = "| variant | perplexity | ppl / dense | KL vs dense (nats) | top-1 vs dense | " + " | ".join(
         f"decode ms/token, {t['threads']}t | vs ORT dense, {t['threads']}t" for t in timings) + \
         " | decode peak RSS MB | TVM constants MB |"
     lines = [f"# SmolLM2-135M decode: {args.prompt}-token prompt, {args.new_tokens} new tokens, batch 1", "",
+             f"`python benchmarks/decode.py --threads {' '.join(str(t['threads']) for t in timings)} --rounds "
+             f"{args.rounds} --variants {' '.join(variants)}`. Perplexity, KL(dense ‖ variant) and top-1 agreement of "
+             f"the next-token logits at every position: {args.eval} held-out windows of 512 tokens (Wikipedia leads; "
+             "calibration read enwiki articles), ONNX Runtime. `+head`: the tied LM head sparsified too.", "",
              head, "|" + "---|" * (head.count("|") - 1)]
     for variant in ["ORT dense", *variants]:
         name = variant if variant == "ORT dense" else f"TVM {variant}"
         q = quality_rows["dense" if variant == "ORT dense" else variant]
-        cells = [name, f"{q['perplexity']:.2f}", f"{q['perplexity'] / dense_ppl:.3f}"]
+        cells = [name, f"{q['perplexity']:.2f}", f"{q['perplexity'] / dense_ppl:.3f}",
+                 f"{q.get('kl', 0.0):.3f}", f"{100 * q.get('top1', 1.0):.1f}%"]
         for t in timings:
             per_token = np.median(t["timing"]["decode_ms_per_token"][name])
             cells += [f"{per_token:.1f}", f"{t['speedup'][name]:.2f}×"]
@@ -234,6 +240,12 @@ def _markdown(variants, quality_rows, timings, memory, args) -> str:
         f"{name} at {t['threads']}t: {ok}" for t in timings for name, ok in t["matches_hugging_face"].items()), ""]
     for t in timings:
         lines += [f"## {t['threads']} thread(s)", "", t["markdown"], ""]
+    for t in timings:
+        profile = RESULTS / f"decode_profile_dense_{t['threads']}t.md"
+        if profile.is_file():  # written by benchmarks/decode_profile.py
+            lines += [f"## Where the dense decode step's time goes, {t['threads']} thread(s)", "",
+                      "`python benchmarks/decode_profile.py` (see its docstring); ms per step.", "",
+                      profile.read_text().split("\n", 2)[2], ""]
     return "\n".join(lines)
 
 

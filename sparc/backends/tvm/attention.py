@@ -20,14 +20,13 @@ from tvm.script import tirx as T
 
 from sparc.backends.tvm.kernels import LANES
 
-assert LANES == 16, "the scores kernel adds its 16 partial sums by halving"
 MAX_ROWS = 8  # query rows up to which these kernels replace the repeated-cache matmuls
 
 
 def fits(rows: int, depth: int) -> bool:
     """Whether the kernels take this shape: at most ``MAX_ROWS`` query rows, a head size that is
-    a whole number of vectors."""
-    return rows <= MAX_ROWS and depth % LANES == 0
+    a whole number of vectors (of 16 lanes: the scores kernel halves 16 partial sums)."""
+    return rows <= MAX_ROWS and depth % LANES == 0 and LANES == 16
 
 
 def grouped_scores_kernel(batch: int, heads: int, kv_heads: int, rows: int, length: int, depth: int):
