@@ -254,13 +254,15 @@ class RayEngine(Engine):
 
     def _init(self, address: str, workers: int | None) -> None:
         options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-        if address == LOCAL:
-            self.ray.init(num_cpus=workers or os.cpu_count() or 1, **options)
-        else:
-            try:
+        local = address == LOCAL
+        try:
+            if local:
+                self.ray.init(num_cpus=workers or os.cpu_count() or 1, **options)
+            else:
                 self.ray.init(address=address, **options)
-            except Exception as exc:
-                raise DistributedError(f"cannot join the Ray cluster at {address}: {exc}") from None
+        except Exception as exc:
+            what = "start a local Ray cluster" if local else f"join the Ray cluster at {address}"
+            raise DistributedError(f"cannot {what}: {_first_line(exc)}") from None
         self._started = True
         logger.info("Ray cluster %s: %s", address, self.ray.cluster_resources())
 
