@@ -36,7 +36,7 @@ from sparc.files import cache_dir, write_atomic
 from sparc.measure.memory import memory_bytes
 
 RESULTS = Path(__file__).parent / "results"
-RECIPE = [{"NMSparsity": {"n": 2, "m": 4, "method": "sparsegpt"}}]
+RECIPE = [{"NMSparsity": {"n": 2, "m": 4, "method": "sparsegpt", "precision": "float32"}}]
 
 
 def token_batches(vocab: int, batches: int, seq: int, seed: int = 1) -> list[dict[str, np.ndarray]]:

@@ -50,23 +50,24 @@ class StagedRun:
     order (the same sums as in one process, up to float64 summation order).
     """
 
-    def __init__(self, model: ir.Model, stages: Sequence[Sequence[ir.Node]], data: CalibrationData, *,
+    def __init__(self, model: ir.Model, stages: Sequence[Sequence[ir.Node]], data: CalibrationData | Sequence, *,
                  threads: int | None = None, outputs: bool = False, engine: Engine | None = None):
         self.model = model
         self.stages = [list(nodes) for nodes in stages]
         self.threads = threads
-        self.batches = len(data)
+        batches = list(data)
+        self.batches = len(batches)
         self.next = 0
-        self._first = dict(data.batches[0])  # input types of stage 0 come from its arrays
+        self._first = dict(batches[0])  # input types of stage 0 come from its arrays
         self._constants = {out: node for node in model.graph if _is_constant_node(node) for out in node.outputs}
         self._last_read = self._last_reads(outputs)
         self._types: dict[str, tuple[str, int]] = {}  # value name -> (numpy dtype, rank) of kept values
         self._shards = None
-        if engine is not None and engine.workers > 1 and len(data) > 1:
-            self._shards = engine.shards(data.batches)
+        if engine is not None and engine.workers > 1 and len(batches) > 1:
+            self._shards = engine.shards(batches)
             self._shards.map(_hold_batches)
         else:
-            self._local = Shard(0, list(data.batches))
+            self._local = Shard(0, batches)
             _hold_batches(self._local)
 
     def expose(self, index: int, reducers: Mapping[str, Reducer | Sequence[Reducer]], *,
