@@ -1,9 +1,10 @@
-"""Calibration throughput on Ray: two local workers against one, SmolLM2-135M, 1 thread each.
+"""Calibration throughput on Ray: two local workers against one, 1 thread each, on a real model.
 
-The calibration is what SliceRowsColumns and Wanda collect: the Gram matrix of every residual
-stream value (normalized rows) and per-channel statistics of every linear layer's input, over
-windows of text (the gensim enwiki articles) grouped into batches. Contestants, each one
-``collect`` call over the same batches, timed in one run in interleaved rounds:
+The calibration is what SparseGPT and Wanda collect: the Gram matrix XᵀX and per-channel
+statistics of every linear layer's input (padding rows left out), over real text grouped into
+batches: SmolLM2-135M on windows of the gensim enwiki articles, or all-MiniLM-L6-v2 on the Lee
+background stories. Contestants, each one ``collect`` call over the same batches, timed in one
+run in interleaved rounds (the order reverses every round):
 
 - ``in-process``: this process, 1 ONNX Runtime thread (the default path, no Ray);
 - ``ray-1``: one Ray worker of a local cluster; ``ray-2``: two Ray workers.
@@ -14,11 +15,14 @@ Ray engine stay up between rounds (started by an untimed first call, reported as
 the local cluster is given 3 logical CPUs so that both engines' workers stay up, while at most
 two processes work at any time (the contestants run one after another). BLAS runs one thread
 in every process (the float64 reducer products), so one worker is one core. The two-worker
-statistics are checked against the in-process ones (1e-12 of each matrix's largest entry).
+statistics are checked against the in-process ones (1e-12 of each array's largest entry).
+"Cores busy" is the CPU time this process and the contestant's workers used during a call over
+its wall time: how much of the machine a contestant got (other work on the machine takes the
+rest; the load average before and after is recorded).
 
-Usage: python benchmarks/distributed_calibration.py [--windows 16] [--seq 256] [--batch 2]
-                                                    [--rounds 3]
-Writes results/distributed_calibration.{json,md}.
+Usage: python benchmarks/distributed_calibration.py [--model smollm2|minilm] [--samples 32]
+                                                    [--seq 512] [--batch 2] [--rounds 3]
+Writes results/distributed_calibration_<model>.{json,md}.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # 
     os.environ[_name] = "1"
 
 import argparse  # noqa: E402
+import resource  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -36,8 +41,7 @@ import numpy as np  # noqa: E402
 from common import write_results  # noqa: E402
 
 from sparc.analysis.linear import find_linear_layers  # noqa: E402
-from sparc.analysis.transformer import find_transformer  # noqa: E402
-from sparc.capture import load_onnx  # noqa: E402
+from sparc.capture import capture_torch, load_onnx  # noqa: E402
 from sparc.data import CalibrationData  # noqa: E402
 from sparc.distributed import InProcess, RayEngine  # noqa: E402
 from sparc.eval import datasets, quality, zoo  # noqa: E402
@@ -50,15 +54,15 @@ CHECK = 1e-12
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--windows", type=int, default=16, help="windows of text (calibration samples)")
-    parser.add_argument("--seq", type=int, default=256, help="tokens per window")
-    parser.add_argument("--batch", type=int, default=2, help="windows per batch")
+    parser.add_argument("--model", choices=["smollm2", "minilm"], default="smollm2")
+    parser.add_argument("--samples", type=int, default=32, help="windows or stories (calibration samples)")
+    parser.add_argument("--seq", type=int, default=512, help="tokens per sample")
+    parser.add_argument("--batch", type=int, default=2, help="samples per batch")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    model = load_onnx(zoo.smollm2_onnx())
+    model, data, label = MODELS[args.model](args.samples, args.seq, args.batch)
     Canonicalize()(model)
-    data = _batches(args.windows, args.seq, args.batch)
-    tokens = args.windows * args.seq
+    tokens = int(sum(b["attention_mask"].sum() for b in data))
     load_before = os.getloadavg()
     cluster = RayEngine("local", workers=3)  # owns the cluster; the engines below join it
     engines = {"in-process": InProcess(), "ray-1": RayEngine("local", workers=1),
@@ -67,44 +71,78 @@ def main() -> None:
         cold = {name: _timed(model, data, engine)[0] for name, engine in engines.items()}
         print("cold (first call):", {k: round(v, 1) for k, v in cold.items()}, flush=True)
         seconds: dict[str, list[float]] = {name: [] for name in engines}
+        cores: dict[str, list[float]] = {name: [] for name in engines}
         results = {}
         for round_ in range(args.rounds):
             order = list(engines) if round_ % 2 == 0 else list(reversed(engines))
             for name in order:
-                elapsed, results[name] = _timed(model, data, engines[name])
+                elapsed, cpu, results[name] = _timed(model, data, engines[name])
                 seconds[name].append(elapsed)
-                print(f"round {round_ + 1} {name}: {elapsed:.1f} s ({tokens / elapsed:.0f} tokens/s)", flush=True)
+                cores[name].append(cpu / elapsed)
+                print(f"round {round_ + 1} {name}: {elapsed:.1f} s ({tokens / elapsed:.0f} tokens/s, "
+                      f"{cpu / elapsed:.2f} cores busy)", flush=True)
         deviation = _deviation(results["ray-2"], results["in-process"])
     finally:
         for engine in engines.values():
             engine.close()
         cluster.close()
-    run = _summary(args, tokens, len(data), cold, seconds, deviation, load_before, os.getloadavg())
-    write_results("distributed_calibration", run, _markdown(run))
+    run = _summary(args, label, tokens, len(data), cold, seconds, deviation, load_before, os.getloadavg())
+    run["cores_busy"] = cores
+    write_results(f"distributed_calibration_{args.model}", run, _markdown(run))
 
 
-def _batches(windows: int, seq: int, batch: int) -> CalibrationData:
-    tokenizer = zoo.smollm2_tokenizer()
-    ids = quality.token_windows(tokenizer, "\n\n".join(datasets.enwiki_articles()), window=seq, count=windows)
-    chunks = [np.concatenate(ids[i : i + batch]) for i in range(0, windows, batch)]
-    return CalibrationData([{"input_ids": c, "attention_mask": np.ones_like(c)} for c in chunks])
+def _smollm2(samples: int, seq: int, batch: int):
+    """SmolLM2 (fp32 ONNX) on windows of the gensim enwiki articles."""
+    ids = quality.token_windows(zoo.smollm2_tokenizer(), "\n\n".join(datasets.enwiki_articles()), window=seq,
+                                count=samples)
+    chunks = [np.concatenate(ids[i : i + batch]) for i in range(0, samples, batch)]
+    data = CalibrationData([{"input_ids": c, "attention_mask": np.ones_like(c)} for c in chunks])
+    return load_onnx(zoo.smollm2_onnx()), data, "SmolLM2-135M-Instruct (fp32 ONNX)"
+
+
+def _minilm(samples: int, seq: int, batch: int):
+    """MiniLM-L6 captured from torch, on the Lee background stories (padded to ``seq``)."""
+    minilm = zoo.minilm()
+    data = CalibrationData(minilm.batches(datasets.lee_background()[:samples], batch, seq=seq))
+    model = capture_torch(minilm.module, zoo.torch_inputs(data.batches[0]), minilm.dynamic_axes)
+    return model, data, "all-MiniLM-L6-v2 (captured from torch)"
+
+
+MODELS = {"smollm2": _smollm2, "minilm": _minilm}
 
 
 def _reducers(model) -> dict[str, list]:
-    """Gram of each stream value (normalized rows, as SliceRowsColumns) and channel statistics
-    of each linear layer's input (as Wanda), padding rows left out."""
+    """XᵀX (SparseGPT) and channel statistics (Wanda) of each linear layer's input, padding
+    rows left out."""
     mask = token_mask(model)
-    reducers = {v.name: [Gram(mask, normalize=True)] for v in find_transformer(model).stream}
+    reducers: dict[str, list] = {}
     for layer in find_linear_layers(model.graph):
-        reducers.setdefault(layer.input.name, []).append(ChannelStats(mask))
+        reducers.setdefault(layer.input.name, [Gram(mask), ChannelStats(mask)])
     return reducers
 
 
-def _timed(model, data: CalibrationData, engine) -> tuple[float, dict]:
+def _timed(model, data: CalibrationData, engine) -> tuple[float, float, dict]:
+    """(wall seconds, CPU seconds of this process and the engine's workers, reducers) of one call."""
     reducers = _reducers(model)
+    cpu = _cpu_seconds(engine)
     start = time.perf_counter()
     collect(model, reducers, data, threads=1, engine=engine)
-    return time.perf_counter() - start, reducers
+    wall = time.perf_counter() - start
+    return wall, _cpu_seconds(engine) - cpu, reducers
+
+
+def _cpu_seconds(engine) -> float:
+    """CPU seconds used so far by this process and by the engine's worker processes."""
+    total = _own_cpu(None)
+    if isinstance(engine, RayEngine):
+        with engine.shards(list(range(engine.workers))) as shards:
+            total += sum(shards.map(_own_cpu))
+    return total
+
+
+def _own_cpu(shard) -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _deviation(got: dict, want: dict) -> float:
@@ -121,10 +159,10 @@ def _deviation(got: dict, want: dict) -> float:
     return worst
 
 
-def _summary(args, tokens, batches, cold, seconds, deviation, load_before, load_after) -> dict:
+def _summary(args, label, tokens, batches, cold, seconds, deviation, load_before, load_after) -> dict:
     median = {name: statistics.median(values) for name, values in seconds.items()}
     return {
-        "model": "SmolLM2-135M-Instruct (fp32 ONNX)", "windows": args.windows, "seq": args.seq,
+        "model": label, "samples": args.samples, "seq": args.seq,
         "batches": batches, "tokens": tokens, "rounds": args.rounds, "threads_per_worker": 1,
         "cores": os.cpu_count(), "load_before": list(load_before), "load_after": list(load_after),
         "cold_seconds": cold, "seconds": seconds, "median_seconds": median,
@@ -137,15 +175,17 @@ def _summary(args, tokens, batches, cold, seconds, deviation, load_before, load_
 
 
 def _markdown(run: dict) -> str:
-    rows = ["| contestant | cold first call s | median s | rounds s | tokens/s |", "|---|---:|---:|---|---:|"]
+    rows = ["| contestant | cold first call s | median s | rounds s | tokens/s | cores busy (CPU s / wall s) |",
+            "|---|---:|---:|---|---:|---|"]
     for name, values in run["seconds"].items():
         rows.append(f"| {name} | {run['cold_seconds'][name]:.1f} | {run['median_seconds'][name]:.1f} | "
-                    f"{', '.join(f'{v:.1f}' for v in values)} | {run['tokens_per_second'][name]:.0f} |")
+                    f"{', '.join(f'{v:.1f}' for v in values)} | {run['tokens_per_second'][name]:.0f} | "
+                    f"{', '.join(f'{c:.2f}' for c in run['cores_busy'][name])} |")
     ok = "within" if run["max_relative_deviation_ray2_vs_in_process"] <= CHECK else "NOT within"
     return "\n".join([
-        "# Calibration throughput on Ray (SmolLM2-135M)", "",
-        f"{run['tokens']} tokens ({run['windows']} windows of {run['seq']}, {run['batches']} batches), Gram of "
-        f"every stream value and channel statistics of every linear input; 1 ONNX Runtime thread and 1 BLAS "
+        f"# Calibration throughput on Ray: {run['model']}", "",
+        f"{run['tokens']} tokens ({run['samples']} samples of up to {run['seq']}, {run['batches']} batches), XᵀX "
+        f"and channel statistics of every linear layer's input; 1 ONNX Runtime thread and 1 BLAS "
         f"thread per worker, {run['cores']} cores; {run['rounds']} interleaved rounds, medians. Load average "
         f"before {run['load_before'][0]:.2f}, after {run['load_after'][0]:.2f}.", "",
         *rows, "",
