@@ -176,6 +176,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calib", type=int, default=16)
     parser.add_argument("--eval", type=int, default=16)
+    parser.add_argument("--group", type=int, default=4,
+                        help="TVM variants per timing process (each beside ORT dense; a process holds all its models)")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the decode peak RSS runs")
     parser.add_argument("--rss", help="(internal) measure one variant's decode memory and print JSON")
     parser.add_argument("--time", type=int, help="(internal) time the variants at this many threads")
@@ -188,9 +190,10 @@ def main() -> None:
         return
     variants = ["dense", *[v for v in args.variants if v != "dense"]]
     quality_rows = {v: build(v, args.calib, args.eval) for v in variants}
-    timings = [_cached(f"timing-{t}t-{'-'.join(variants)}", ["--time", str(t), "--variants", *variants, "--prompt",
-                       str(args.prompt), "--new-tokens", str(args.new_tokens), "--rounds", str(args.rounds)])
-               for t in args.threads]
+    groups = [variants[i:i + args.group] for i in range(0, len(variants), args.group)]
+    timings = [_merged([_cached(f"timing-{t}t-{'-'.join(g)}", ["--time", str(t), "--variants", *g, "--prompt",
+                                str(args.prompt), "--new-tokens", str(args.new_tokens), "--rounds", str(args.rounds)])
+                        for g in groups]) for t in args.threads]
     memory = {} if args.skip_memory else {v: _cached(f"rss-{v}", ["--rss", v]) for v in variants}
     write_atomic(RESULTS / "decode.json", json.dumps({"quality": quality_rows, "timings": timings, "memory": memory},
                                                      indent=2))
@@ -204,6 +207,19 @@ def _cached(name: str, arguments: list[str]) -> dict:
     if not path.is_file():
         write_atomic(path, json.dumps(_child(arguments)))
     return json.loads(path.read_text())
+
+
+def _merged(parts: list[dict]) -> dict:
+    """One thread count's timing from several processes (groups of variants, each timed in
+    interleaved rounds beside its own ORT dense, its speed-ups relative to that): the first
+    group's ORT dense and each variant's own figures."""
+    merged = {"threads": parts[0]["threads"], "timing": {"decode_ms_per_token": {}}, "speedup": {},
+              "matches_hugging_face": {}, "markdown": "\n\n".join(p["markdown"] for p in parts), "groups": parts}
+    for part in reversed(parts):  # the first group's ORT dense last, so it is kept
+        merged["timing"]["decode_ms_per_token"].update(part["timing"]["decode_ms_per_token"])
+        merged["speedup"].update(part["speedup"])
+        merged["matches_hugging_face"].update(part["matches_hugging_face"])
+    return merged
 
 
 def _child(arguments: list[str]) -> dict:
