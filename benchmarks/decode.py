@@ -237,7 +237,8 @@ def _markdown(variants, quality_rows, timings, memory, args) -> str:
         " | decode peak RSS MB | TVM constants MB |"
     lines = [f"# SmolLM2-135M decode: {args.prompt}-token prompt, {args.new_tokens} new tokens, batch 1", "",
              f"`python benchmarks/decode.py --threads {' '.join(str(t['threads']) for t in timings)} --rounds "
-             f"{args.rounds} --variants {' '.join(variants)}`. Perplexity, KL(dense ‖ variant) and top-1 agreement of "
+             f"{args.rounds} --group {args.group}{' --skip-memory' if args.skip_memory else ''} --variants "
+             f"{' '.join(variants)}` (each group of {args.group} TVM variants timed beside its own ORT dense). Perplexity, KL(dense ‖ variant) and top-1 agreement of "
              f"the next-token logits at every position: {args.eval} held-out windows of 512 tokens (Wikipedia leads; "
              "calibration read enwiki articles), ONNX Runtime. `+head`: the tied LM head sparsified too.", "",
              head, "|" + "---|" * (head.count("|") - 1)]
