@@ -61,8 +61,8 @@ from sparc.compiler import CompiledModel, compile
 from sparc.data import CalibrationData, as_calibration, holdout_size
 from sparc.distributed import Engine, InProcess, Task, session
 from sparc.errors import SparcError, StructureError, TuneError
-from sparc.ir_utils import PROTOBUF_LIMIT, weight_bytes
 from sparc.files import write_atomic
+from sparc.ir_utils import PROTOBUF_LIMIT, weight_bytes
 from sparc.measure.cost import observed_shapes
 from sparc.measure.outputs import KL_MEASURES, OutputError, measures_of
 from sparc.measure.profile import node_times
