@@ -32,22 +32,22 @@ import os
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy loads BLAS
     os.environ[_name] = "1"
 
-import argparse  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import argparse
+import resource
+import statistics
+import time
 
-import numpy as np  # noqa: E402
-from common import write_results  # noqa: E402
+import numpy as np
+from common import write_results
 
-from sparc.analysis.linear import find_linear_layers  # noqa: E402
-from sparc.capture import capture_torch, load_onnx  # noqa: E402
-from sparc.data import CalibrationData  # noqa: E402
-from sparc.distributed import InProcess, RayEngine  # noqa: E402
-from sparc.eval import datasets, quality, zoo  # noqa: E402
-from sparc.measure.execute import collect  # noqa: E402
-from sparc.measure.reducers import ChannelStats, Gram, token_mask  # noqa: E402
-from sparc.passes import Canonicalize  # noqa: E402
+from sparc.analysis.linear import find_linear_layers
+from sparc.capture import capture_torch, load_onnx
+from sparc.data import CalibrationData
+from sparc.distributed import InProcess, RayEngine
+from sparc.eval import datasets, quality, zoo
+from sparc.measure.execute import collect
+from sparc.measure.reducers import ChannelStats, Gram, token_mask
+from sparc.passes import Canonicalize
 
 CHECK = 1e-12
 
@@ -182,19 +182,17 @@ def _markdown(run: dict) -> str:
                     f"{', '.join(f'{v:.1f}' for v in values)} | {run['tokens_per_second'][name]:.0f} | "
                     f"{', '.join(f'{c:.2f}' for c in run['cores_busy'][name])} |")
     ok = "within" if run["max_relative_deviation_ray2_vs_in_process"] <= CHECK else "NOT within"
-    return "\n".join([
-        f"# Calibration throughput on Ray: {run['model']}", "",
-        f"{run['tokens']} tokens ({run['samples']} samples of up to {run['seq']}, {run['batches']} batches), XᵀX "
-        f"and channel statistics of every linear layer's input; 1 ONNX Runtime thread and 1 BLAS "
-        f"thread per worker, {run['cores']} cores; {run['rounds']} interleaved rounds, medians. Load average "
-        f"before {run['load_before'][0]:.2f}, after {run['load_after'][0]:.2f}.", "",
-        *rows, "",
-        f"Two Ray workers against one: **{run['ratio_ray2_over_ray1']:.2f}×** (per round: "
-        f"{', '.join(f'{r:.2f}' for r in run['per_round_ratio_ray2_over_ray1'])}); against the in-process run: "
-        f"**{run['ratio_ray2_over_in_process']:.2f}×**.", "",
-        f"Two-worker statistics against in-process: largest deviation "
-        f"{run['max_relative_deviation_ray2_vs_in_process']:.1e} of an array's largest entry ({ok} {CHECK:g}).", ""])
-
+    setting = (f"{run['tokens']} tokens ({run['samples']} samples of up to {run['seq']}, {run['batches']} batches), "
+               f"XᵀX and channel statistics of every linear layer's input; 1 ONNX Runtime thread and 1 BLAS "
+               f"thread per worker, {run['cores']} cores; {run['rounds']} interleaved rounds, medians. Load "
+               f"average before {run['load_before'][0]:.2f}, after {run['load_after'][0]:.2f}.")
+    rounds = ", ".join(f"{r:.2f}" for r in run["per_round_ratio_ray2_over_ray1"])
+    ratios = (f"Two Ray workers against one: **{run['ratio_ray2_over_ray1']:.2f}×** (per round: {rounds}); "
+              f"against the in-process run: **{run['ratio_ray2_over_in_process']:.2f}×**.")
+    check = (f"Two-worker statistics against in-process: largest deviation "
+             f"{run['max_relative_deviation_ray2_vs_in_process']:.1e} of an array's largest entry ({ok} {CHECK:g}).")
+    return "\n".join([f"# Calibration throughput on Ray: {run['model']}", "", setting, "", *rows, "", ratios, "",
+                      check, ""])
 
 if __name__ == "__main__":
     main()

@@ -221,7 +221,7 @@ def test_tune_on_ray_makes_the_same_evaluations(cluster, batches):
     """The first trials (the seeds and the sampler's random start) propose the same recipes in
     any order of completion, so both runs evaluate the same candidates; losses and sizes match
     (speed is timed, so it is not compared)."""
-    options = dict(calibration=batches, max_loss=0.05, passes=["ChannelCrop"], trials=4, time_budget=None)
+    options = {"calibration": batches, "max_loss": 0.05, "passes": ["ChannelCrop"], "trials": 4, "time_budget": None}
     here = sparc.tune(_two_blocks(), **options)
     there = sparc.tune(_two_blocks(), **options, ray=cluster)
     assert [t.number for t in there.trials] == [t.number for t in here.trials] == [0, 1, 2, 3]
