@@ -166,7 +166,7 @@ def test_sequential_equals_one_pass_when_nothing_changes(minilm_ir, minilm_batch
     sequential, one_pass = (_weights(r.model) for r in results)
     for name in one_pass:
         np.testing.assert_allclose(sequential[name], one_pass[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    assert results[0].report.passes[-1].details["calibration"] == "sequential, 6 groups"
+    assert results[0].report.passes[-1].details["calibration"] == "sequential, block by block: 6 groups"
     assert results[1].report.passes[-1].details["calibration"] == "one pass"
 
 
