@@ -108,7 +108,8 @@ class Pipeline:
                 raise PassError(pass_.name, previous, f"the ONNX checker rejects its output: {problem}")
             start = time.perf_counter()
             error, last = self._verify(pass_, model, reference, last, previous)
-            stats = model_stats(model, None if weight_store(model.graph) else feeds)
+            if modified or not entries:  # a pass that changed nothing leaves the stats as they were
+                stats = model_stats(model, None if weight_store(model.graph) else feeds)
             entries.append(
                 PassEntry(pass_.name, pass_.options(), modified, seconds, stats, error, pass_.details,
                           memory.bytes, calibration_seconds=calibrating,
