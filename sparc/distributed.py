@@ -16,6 +16,10 @@ The surface, the same on every engine:
 - ``engine.put(value)``: a handle to pass to many tasks (stored once); ``engine.submit(fn,
   *args) -> Task`` runs ``fn(*args)`` as a task with one CPU; ``engine.wait(tasks)`` blocks
   until at least one has finished and returns the finished ones; ``task.result()``.
+- ``engine.map(fn, items) -> list``: ``fn(item)`` for every item, up to ``workers`` at once,
+  each worker taking the next item when it finishes one (uneven jobs balance themselves);
+  the results in item order. It runs on the shard workers, so it may be called while a shard
+  set is open (between its ``map`` calls).
 
 Jobs must not modify their arguments: in this process every shard is handed the same objects.
 Errors raised in a worker are raised again here, as they were (a :class:`SparcError` stays
@@ -96,6 +100,9 @@ class Engine:
     def wait(self, tasks: Sequence[Task]) -> list[Task]:
         raise NotImplementedError
 
+    def map(self, fn: Callable, items: Sequence) -> list:
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -155,6 +162,9 @@ class InProcess(Engine):
     def wait(self, tasks: Sequence[Task]) -> list[Task]:
         return list(tasks)
 
+    def map(self, fn: Callable, items: Sequence) -> list:
+        return [fn(item) for item in items]
+
 
 # --- on a Ray cluster --------------------------------------------------------------------------
 
@@ -193,6 +203,9 @@ class _ShardHost:
 
     def run(self, key: int, fn: Callable, *args) -> tuple:
         return _guarded(fn, self.shards[key], *args)
+
+    def call(self, fn: Callable, *args) -> tuple:
+        return _guarded(fn, *args)
 
     def drop(self, key: int) -> None:
         self.shards.pop(key, None)
@@ -267,15 +280,38 @@ class RayEngine(Engine):
         logger.info("Ray cluster %s: %s", address, self.ray.cluster_resources())
 
     def shards(self, items: Sequence) -> ShardSet:
-        count = max(1, min(self.workers, len(items)))
-        while len(self._hosts) < count:
-            self._hosts.append(self._host_class.remote())
+        self._start_hosts(max(1, min(self.workers, len(items))))
         key = next(self._keys)
         self._open.add(key)
         return _RayShards(self, self._hosts, key, items)
 
+    def _start_hosts(self, count: int) -> None:
+        while len(self._hosts) < count:
+            self._hosts.append(self._host_class.remote())
+
     def put(self, value: Any) -> Any:
         return value if isinstance(value, self.ray.ObjectRef) else self.ray.put(value)
+
+    def map(self, fn: Callable, items: Sequence) -> list:
+        self._start_hosts(max(1, min(self.workers, len(items))))
+        queue = iter(enumerate(items))
+        results: list = [None] * len(items)
+        pending: dict = {}  # ref → (item index, the host running it)
+
+        def give_next(host) -> None:
+            for index, item in queue:
+                pending[host.call.remote(fn, self.put(item))] = (index, host)
+                return
+
+        for host in self._hosts[: self.workers]:
+            give_next(host)
+        while pending:
+            ready, _ = self.ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                index, host = pending.pop(ref)
+                results[index] = _unwrap(self._get(ref, getattr(fn, "__name__", "a job")))
+                give_next(host)
+        return results
 
     def submit(self, fn: Callable, *args) -> Task:
         self.release()

@@ -217,6 +217,40 @@ def test_compile_calibrating_on_ray_gives_the_same_model(cluster, batches):
         np.testing.assert_allclose(got[name], array, rtol=1e-6, atol=1e-7)
 
 
+def test_map_balances_jobs_over_both_workers_and_keeps_item_order(cluster):
+    with cluster.shards(list(range(3))) as shards:  # workers holding a shard set take jobs too
+        shards.map(_remember, "kept")
+        seen = cluster.map(_pid_after_sleeping, [0.3, 0.01, 0.01, 0.01, 0.01])
+        assert shards.map(_recall) == ["kept", "kept"]
+    assert [seconds for seconds, _ in seen] == [0.3, 0.01, 0.01, 0.01, 0.01]
+    assert seen[0][1] != seen[1][1] and len({pid for _, pid in seen[1:]}) == 1  # the free worker took the rest
+    assert InProcess().map(abs, [-1, 2]) == [1, 2]
+
+
+def _pid_after_sleeping(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds, os.getpid()
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_sparsegpt_solves_on_ray_give_the_same_model(cluster, batches, sequential):
+    """SparseGPT's factor-and-prune jobs run on the workers: block by block (while the staged
+    calibration holds its shards), or every block's at once (``sequential=False``). The same
+    masks; values within float32 rounding (the workers' BLAS runs one thread)."""
+    recipe = [{"UnstructuredSparsity": {"density": 0.5, "method": "sparsegpt", "sequential": sequential}}]
+    here = sparc.compile(_two_blocks(), calibration=batches, recipe=recipe, threads=1, latency_rounds=0)
+    there = sparc.compile(_two_blocks(), calibration=batches, recipe=recipe, threads=1, latency_rounds=0,
+                          ray=cluster)
+    assert here.report.passes[-1].details["layers"] == 3
+    assert there.report.passes[-1].details["solves"] == "factor and prune on 2 workers"
+    for name, value in here.model.graph.initializers.items():
+        want, got = value.const_value.numpy(), there.model.graph.initializers[name].const_value.numpy()
+        np.testing.assert_array_equal(got != 0, want != 0, err_msg=name)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_tune_on_ray_makes_the_same_evaluations(cluster, batches):
     """The first trials (the seeds and the sampler's random start) propose the same recipes in
     any order of completion, so both runs evaluate the same candidates; losses and sizes match

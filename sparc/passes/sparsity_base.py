@@ -25,10 +25,16 @@ Cases:
    ``owl=λ > 0`` with one number: per-layer densities in d ± λ from each layer's outlier ratio
    (``sparc.algorithms.owl``; input norms from one calibration run over the original model),
    keeping the parameter-weighted mean density d.
+6. On an engine of several workers (``sparc.compile(..., ray=...)``) SparseGPT's solves run on
+   the workers: one job per set of layers reading the same inputs (factor H once, prune each
+   of their weights), the jobs of one block at a time when sequential, and of every block at
+   once with ``sequential=False`` (blocks are then independent given the original model's
+   inputs). Workers run their BLAS on one thread, so values may differ in float32 rounding.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections import defaultdict
 
@@ -40,6 +46,7 @@ from sparc.algorithms.sparsity import Pattern, annotate, select_mask
 from sparc.analysis.blocks import find_segments
 from sparc.analysis.linear import LinearLayer, find_linear_layers, skipped_layers_note
 from sparc.analysis.stages import split_into_stages
+from sparc.distributed import InProcess
 from sparc.errors import CalibrationError, RecipeError, StructureError
 from sparc.measure.execute import collect
 from sparc.measure.reducers import ChannelStats, Gram, token_mask
@@ -116,24 +123,16 @@ class SparsityPass(SparcPass):
         for stage, group in groups:
             _check_finite_weights([layer for unit in group for layer in unit])
             reducers = self._input_statistics(model, [layer for unit in group for layer in unit], run, stage)
-            by_inputs = {}  # one statistic (one SparseGPT factorization) per distinct set of inputs
-            for unit in group:
-                inputs = tuple(dict.fromkeys(layer.input.name for layer in unit))
-                if inputs not in by_inputs:
-                    by_inputs[inputs] = self._unit_statistic(inputs, reducers)
-            statistics = {unit[0].name: by_inputs[tuple(dict.fromkeys(layer.input.name for layer in unit))]
-                          for unit in group}
-            updates = [(unit, self._sparsify(unit[0], self.pattern_for(unit[0]), statistics[unit[0].name])
-                        .astype(np.float32)) for unit in group]  # float32, as stored: half the memory
-            del reducers, by_inputs
-            for unit, weight in updates:  # the group's masks computed: now mutate
+            solved = self._solve(group, reducers)
+            del reducers
+            for unit, (weight, damping) in zip(group, solved):  # the group's masks computed: now mutate
                 edit.set_shared_weight(model.graph, unit, weight.T)
                 for layer in unit:
                     annotate(layer.node, self.pattern_for(unit[0]))
                 kept += int(np.count_nonzero(weight))
                 total += weight.size
-            if self.method == "sparsegpt":
-                raised.update({name: f.damping for name, f in statistics.items() if f.damping > self.damping})
+                if damping is not None and damping > self.damping:
+                    raised[unit[0].name] = damping
         if run is not None:
             run.close()
         self.details.update({"layers": len(layers), "density": round(kept / max(total, 1), 4),
@@ -146,6 +145,8 @@ class SparsityPass(SparcPass):
             self.details["calibration"] = calibration
         if self.method == "sparsegpt":
             self.details["damping_raised"] = raised or "none"
+            if self.engine.workers > 1:
+                self.details["solves"] = f"factor and prune on {self.engine.workers} workers"
         return ir.passes.PassResult(model, modified=True)
 
     def prepare(self, model: ir.Model, layers: list[LinearLayer]) -> None:
@@ -194,31 +195,81 @@ class SparsityPass(SparcPass):
                 raise CalibrationError(f"the calibration statistics of {name!r} hold NaN or Inf")
         return reducers
 
-    def _unit_statistic(self, names: tuple[str, ...], reducers: dict):
-        """What the method needs for a weight whose layers read the inputs ``names``:
-        wanda the input norms ‖X_j‖₂ = √(Σ_l Σ x²), sparsegpt the factor of H = Σ_l X_lᵀX_l / Σ_l rows."""
-        if self.method == "magnitude":
-            return None
-        inputs = [reducers[name] for name in names]
-        if self.method == "wanda":
-            return np.sqrt(sum(r.sq_sum for r in inputs))
-        rows = sum(r.rows for r in inputs)
-        hessian = inputs[0].matrix / max(rows, 1)
-        for other in inputs[1:]:
-            hessian += other.matrix / max(rows, 1)
-        return sparsegpt.factor(hessian.astype(self.precision, copy=False), self.damping, overwrite=True,
-                                precision=self.precision)
+    def _solve(self, group: list[list[LinearLayer]], reducers: dict) -> list[tuple[np.ndarray, float | None]]:
+        """The new W[out, in] (float32, as stored) of every unit of ``group`` and the damping its
+        SparseGPT needed. Units whose layers read the same inputs share one statistic (one
+        SparseGPT factorization) and make one job; SparseGPT's jobs (factor and prune, the
+        costly part) run on the engine's workers, the others here."""
+        by_inputs: dict[tuple, list[int]] = {}
+        for index, unit in enumerate(group):
+            by_inputs.setdefault(tuple(dict.fromkeys(layer.input.name for layer in unit)), []).append(index)
+        jobs = [_Job(self.method, [_statistic_of(reducers.get(name), self.method) for name in names],
+                     [(group[i][0].weight_kn(), self.pattern_for(group[i][0])) for i in members],
+                     self.damping, self.precision, self.blocksize)
+                for names, members in by_inputs.items()]
+        engine = self.engine if self.method == "sparsegpt" else InProcess()
+        solved: list = [None] * len(group)
+        for members, results in zip(by_inputs.values(), engine.map(_run_job, jobs)):
+            for index, result in zip(members, results):
+                solved[index] = result
+        return solved
 
-    def _sparsify(self, layer: LinearLayer, pattern: Pattern, statistic) -> np.ndarray:
-        """The new W[out, in] of ``layer``, from its ``_unit_statistic``."""
-        weight = layer.weight_kn().T.astype(self.precision if self.method == "sparsegpt" else np.float64)
-        if self.method == "sparsegpt":
-            return sparsegpt.prune(weight, statistic, pattern, blocksize=self.blocksize)
-        scores = np.abs(weight)
-        if self.method == "wanda":
-            scores = scores * statistic[None, :]
-        mask = select_mask(scores, pattern, per_row=self.method == "wanda")
-        return np.where(mask, weight, 0.0)
+
+def _statistic_of(reducer, method: str) -> tuple[np.ndarray | None, int]:
+    """What a job needs of one input's reducer: (XᵀX, rows) for sparsegpt, (Σx², rows) for wanda."""
+    if method == "magnitude":
+        return None, 0
+    return (reducer.matrix if method == "sparsegpt" else reducer.sq_sum), reducer.rows
+
+
+@dataclasses.dataclass
+class _Job:
+    """The units of one group that read the same inputs: their statistics (one per input) and
+    their (W[in, out], pattern) pairs, with the method's options."""
+
+    method: str
+    statistics: list[tuple[np.ndarray | None, int]]
+    weights: list[tuple[np.ndarray, Pattern]]
+    damping: float
+    precision: str
+    blocksize: int
+
+
+def _run_job(job: _Job) -> list[tuple[np.ndarray, float | None]]:
+    """(new W[out, in] in float32, SparseGPT's damping or None) per weight of ``job``."""
+    statistic = _shared_statistic(job)
+    results = []
+    for weight_kn, pattern in job.weights:
+        weight = _sparsify(job, weight_kn.T, pattern, statistic).astype(np.float32)
+        results.append((weight, statistic.damping if job.method == "sparsegpt" else None))
+    return results
+
+
+def _shared_statistic(job: _Job):
+    """What the method needs for weights whose layers read the job's inputs: wanda the input
+    norms ‖X_j‖₂ = √(Σ_l Σ x²), sparsegpt the factor of H = Σ_l X_lᵀX_l / Σ_l rows."""
+    if job.method == "magnitude":
+        return None
+    if job.method == "wanda":
+        return np.sqrt(sum(sq_sum for sq_sum, _ in job.statistics))
+    rows = max(sum(count for _, count in job.statistics), 1)
+    hessian = job.statistics[0][0] / rows
+    for matrix, _ in job.statistics[1:]:
+        hessian += matrix / rows
+    return sparsegpt.factor(hessian.astype(job.precision, copy=False), job.damping, overwrite=True,
+                            precision=job.precision)
+
+
+def _sparsify(job: _Job, weight_oi: np.ndarray, pattern: Pattern, statistic) -> np.ndarray:
+    """The new W[out, in] of one weight, from the job's shared statistic."""
+    weight = weight_oi.astype(job.precision if job.method == "sparsegpt" else np.float64)
+    if job.method == "sparsegpt":
+        return sparsegpt.prune(weight, statistic, pattern, blocksize=job.blocksize)
+    scores = np.abs(weight)
+    if job.method == "wanda":
+        scores = scores * statistic[None, :]
+    mask = select_mask(scores, pattern, per_row=job.method == "wanda")
+    return np.where(mask, weight, 0.0)
 
 
 def sharing_units(layers: list[LinearLayer]) -> list[list[LinearLayer]]:
