@@ -15,7 +15,9 @@ The surface, the same on every engine:
   object store once per call, whatever the number of shards.
 - ``engine.put(value)``: a handle to pass to many tasks (stored once); ``engine.submit(fn,
   *args) -> Task`` runs ``fn(*args)`` as a task with one CPU; ``engine.wait(tasks)`` blocks
-  until at least one has finished and returns the finished ones; ``task.result()``.
+  until at least one has finished and returns the finished ones; ``task.result()``. Tasks run
+  on the same workers as shards (each on the one with the fewest calls running), so the
+  workers start once per engine.
 - ``engine.map(fn, items) -> list``: ``fn(item)`` for every item, up to ``workers`` at once,
   each worker taking the next item when it finishes one (uneven jobs balance themselves);
   the results in item order. It runs on the shard workers, so it may be called while a shard
@@ -193,7 +195,8 @@ def _unwrap(outcome: tuple) -> Any:
 
 
 class _ShardHost:
-    """A Ray actor's body: holds shards of several shard sets by key and runs jobs on them."""
+    """A Ray actor's body: holds shards of several shard sets by key and runs jobs on them, and
+    runs submitted calls and mapped items."""
 
     def __init__(self):
         self.shards: dict[int, Shard] = {}
@@ -260,10 +263,10 @@ class RayEngine(Engine):
             raise DistributedError(f"the Ray cluster at {address} has no CPU to run work on")
         self.workers = min(workers or cpus, cpus)
         self._hosts: list = []
+        self._running: list[set] = []  # per host, the refs of submitted calls not seen finished
         self._open: set[int] = set()
         self._keys = itertools.count()
         self._host_class = self.ray.remote(num_cpus=1)(_ShardHost)
-        self._task = self.ray.remote(num_cpus=1)(_guarded)
 
     def _init(self, address: str, workers: int | None) -> None:
         options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
@@ -288,6 +291,7 @@ class RayEngine(Engine):
     def _start_hosts(self, count: int) -> None:
         while len(self._hosts) < count:
             self._hosts.append(self._host_class.remote())
+            self._running.append(set())
 
     def put(self, value: Any) -> Any:
         return value if isinstance(value, self.ray.ObjectRef) else self.ray.put(value)
@@ -314,8 +318,20 @@ class RayEngine(Engine):
         return results
 
     def submit(self, fn: Callable, *args) -> Task:
-        self.release()
-        return _RayTask(self, self._task.remote(fn, *(self.put(a) for a in args)))
+        self._start_hosts(self.workers)
+        index = self._idlest_host()
+        ref = self._hosts[index].call.remote(fn, *(self.put(a) for a in args))
+        self._running[index].add(ref)
+        return _RayTask(self, ref)
+
+    def _idlest_host(self) -> int:
+        """The host with the fewest submitted calls still running (an idle one when the caller
+        keeps at most ``workers`` in flight, as ``sparc tune`` does)."""
+        for running in self._running:
+            if running:
+                done, _ = self.ray.wait(list(running), num_returns=len(running), timeout=0)
+                running.difference_update(done)
+        return min(range(len(self._hosts)), key=lambda i: len(self._running[i]))
 
     def wait(self, tasks: Sequence[Task]) -> list[Task]:
         refs = [t.ref for t in tasks]
@@ -324,18 +340,12 @@ class RayEngine(Engine):
         done = set(ready)
         return [t for t in tasks if t.ref in done]
 
-    def release(self) -> None:
-        """End the shard workers (they hold a CPU each, which tasks need); refuses while a
-        shard set is open."""
-        if self._open:
-            raise DistributedError("tasks cannot run while shard sets hold the workers: close them first")
+    def close(self) -> None:
+        """End the workers, and the cluster if this engine started it."""
+        self._open.clear()
         for host in self._hosts:
             self.ray.kill(host)
-        self._hosts = []
-
-    def close(self) -> None:
-        self._open.clear()
-        self.release()
+        self._hosts, self._running = [], []
         if self._started and self.ray.is_initialized():
             self.ray.shutdown()
         self._started = False

@@ -76,6 +76,7 @@ def test_bench_onnx_against_torch_eager(capsys):
     assert "input_ids[1, 32]" in stdout
 
 
+@pytest.mark.long  # the whole demo (minutes): `make demo` is the quick start's first command
 def test_demo(tmp_path, capsys):
     """The demo tries every candidate, keeps the fastest within the budget, and what it writes
     is true: the exported model reproduces the cosine and Lee r it reports."""

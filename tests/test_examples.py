@@ -29,7 +29,9 @@ def test_every_example_is_tested():
     assert scripts == set(CASES)
 
 
-LONG = {"slice_rows_columns.py", "generate_onnxruntime.py"}  # SmolLM2 captures: minutes each, `make test-long`
+# Minutes each (SmolLM2 captures, MiniLM compiles with evaluation): `make test-long`. The default
+# suite runs nm_sparsity.py, the shortest, so a broken example setup still fails there.
+LONG = set(CASES) - {"nm_sparsity.py"}
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.long) if s in LONG else s for s in sorted(CASES)])

@@ -243,6 +243,7 @@ def test_recalibrate_norms_refits_folded_layers(mnist_cropped):
     assert _accuracy(recovered, test, labels) >= _accuracy(cropped, test, labels)
 
 
+@pytest.mark.long
 def test_channel_crop_calibrates_block_by_block(minilm_ir, minilm_batches):
     """Block 0's heads and FFN units are chosen from the same statistics either way; later
     blocks see the cropped ones before them."""

@@ -296,6 +296,7 @@ def test_silu_written_as_x_times_sigmoid_is_fused():
     np.testing.assert_allclose(compiled(x), seeded(SwiGLU)(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.long
 def test_a_legacy_exported_bert_imports_and_gets_sparc_kernels():
     """paraphrase-MiniLM-L3-v2 as the torch legacy exporter wrote it (a pip wheel's file: Shape →
     Gather → Concat shape arithmetic, Expand of the attention mask) imports into TVM and its 18
@@ -311,7 +312,7 @@ def test_a_legacy_exported_bert_imports_and_gets_sparc_kernels():
     assert len(build.layouts) == 18 and build.agreement.max_rel < 1e-3
 
 
-@pytest.mark.parametrize("opset", [14, 17])  # 14: the first with scaled_dot_product_attention
+@pytest.mark.parametrize("opset", [pytest.param(14, marks=pytest.mark.long), 17])  # 14: the first with scaled_dot_product_attention
 def test_legacy_exports_of_minilm_import_and_get_sparc_kernels(minilm, minilm_batches, tmp_path, opset):
     """The TorchScript exporter's MiniLM (Gemm-free MatMuls on stored weights, masks built by
     ConstantOfShape/Expand/Where, GELU as Erf arithmetic, LayerNorm decomposed below opset 17)
