@@ -18,10 +18,10 @@ The surface, the same on every engine:
   until at least one has finished and returns the finished ones; ``task.result()``. Tasks run
   on the same workers as shards (each on the one with the fewest calls running), so the
   workers start once per engine.
-- ``engine.map(fn, items) -> list``: ``fn(item)`` for every item, up to ``workers`` at once,
-  each worker taking the next item when it finishes one (uneven jobs balance themselves);
-  the results in item order. It runs on the shard workers, so it may be called while a shard
-  set is open (between its ``map`` calls).
+- ``engine.map(fn, items) -> list``: ``fn(item)`` for every item as tasks, up to ``workers``
+  at once, the next submitted when one finishes (uneven jobs balance themselves); the
+  results in item order. It may be called while a shard set is open (between its ``map``
+  calls).
 
 Jobs must not modify their arguments: in this process every shard is handed the same objects.
 Errors raised in a worker are raised again here, as they were (a :class:`SparcError` stays
@@ -103,7 +103,20 @@ class Engine:
         raise NotImplementedError
 
     def map(self, fn: Callable, items: Sequence) -> list:
-        raise NotImplementedError
+        """``fn(item)`` for every item, at most ``workers`` submitted at once (module docstring)."""
+        results: list = [None] * len(items)
+        running: dict[Task, int] = {}
+        for index, item in enumerate(items):
+            while len(running) >= self.workers:
+                self._take_finished(running, results)
+            running[self.submit(fn, item)] = index
+        while running:
+            self._take_finished(running, results)
+        return results
+
+    def _take_finished(self, running: dict, results: list) -> None:
+        for task in self.wait(list(running)):
+            results[running.pop(task)] = task.result()
 
     def close(self) -> None:
         pass
@@ -164,9 +177,6 @@ class InProcess(Engine):
     def wait(self, tasks: Sequence[Task]) -> list[Task]:
         return list(tasks)
 
-    def map(self, fn: Callable, items: Sequence) -> list:
-        return [fn(item) for item in items]
-
 
 # --- on a Ray cluster --------------------------------------------------------------------------
 
@@ -196,7 +206,7 @@ def _unwrap(outcome: tuple) -> Any:
 
 class _ShardHost:
     """A Ray actor's body: holds shards of several shard sets by key and runs jobs on them, and
-    runs submitted calls and mapped items."""
+    runs submitted calls."""
 
     def __init__(self):
         self.shards: dict[int, Shard] = {}
@@ -295,27 +305,6 @@ class RayEngine(Engine):
 
     def put(self, value: Any) -> Any:
         return value if isinstance(value, self.ray.ObjectRef) else self.ray.put(value)
-
-    def map(self, fn: Callable, items: Sequence) -> list:
-        self._start_hosts(max(1, min(self.workers, len(items))))
-        queue = iter(enumerate(items))
-        results: list = [None] * len(items)
-        pending: dict = {}  # ref → (item index, the host running it)
-
-        def give_next(host) -> None:
-            for index, item in queue:
-                pending[host.call.remote(fn, self.put(item))] = (index, host)
-                return
-
-        for host in self._hosts[: self.workers]:
-            give_next(host)
-        while pending:
-            ready, _ = self.ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                index, host = pending.pop(ref)
-                results[index] = _unwrap(self._get(ref, getattr(fn, "__name__", "a job")))
-                give_next(host)
-        return results
 
     def submit(self, fn: Callable, *args) -> Task:
         self._start_hosts(self.workers)
